@@ -1,0 +1,44 @@
+# `make demo` and `make test` do all set-up themselves, into a local virtual environment.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export CUDA_HOME ?= /usr/local/cuda
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+# make test fails if the kernels do not compile: CI proves they build.
+export ATSS_REQUIRE_EXTENSION ?= 1
+export MAX_JOBS ?= 2
+
+TORCH_PKGS := torch==2.14.1 torchvision==0.29.1
+DEPS := ninja pybind11 typer rich pycocotools faster-coco-eval numpy pillow matplotlib pytest
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
+
+.PHONY: install test demo bench clean
+
+$(VENV)/.deps: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q $(TORCH_PKGS)
+	$(PIP) install -q $(DEPS)
+	touch $@
+
+# The extension is rebuilt in place whenever a kernel source changes.
+$(VENV)/.ext: $(VENV)/.deps setup.py $(CSRC)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	$(PY) -c "from atss_cli.ops import extension; print(extension.describe())"
+	touch $@
+
+install: $(VENV)/.ext
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(VENV)/bin/atss demo
+
+bench: install
+	$(VENV)/bin/atss bench assigner
+
+clean:
+	rm -rf build *.egg-info atss_cli/_C*.so

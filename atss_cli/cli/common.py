@@ -1,0 +1,73 @@
+"""What every command shares: the console, option aliases and the one-line error path.
+
+Nothing here imports torch: `atss --help` must stay fast.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from atss_cli.errors import AtssError
+
+
+def console():
+    """The Rich console for user-facing output (stdout); quiet progress when not a TTY."""
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def fail(message: str) -> NoReturn:
+    """Stop the command with a one-line error (exit 2)."""
+    raise AtssError(message)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("ATSS_DEBUG", "") not in ("", "0")
+
+
+def report_error(exc: BaseException) -> int:
+    """Print one line for `exc` on stderr and return the exit code; the traceback only on request."""
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exception(exc)
+    if isinstance(exc, AtssError):
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, FileNotFoundError):
+        print(f"error: file not found: {exc.filename or exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, MemoryError):
+        print("error: out of memory (host RAM); try fewer loader workers or a smaller batch", file=sys.stderr)
+        return 1
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    print(f"error: internal error: {type(exc).__name__}: {msg} "
+          "(this is a bug; ATSS_DEBUG=1 shows the traceback)", file=sys.stderr)
+    return 1
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Backend(str, enum.Enum):
+    auto = "auto"
+    extension = "extension"
+    reference = "reference"
+
+
+ExistingDir = Annotated[
+    Path, typer.Option(exists=True, file_okay=False, dir_okay=True, resolve_path=True)
+]
+JsonOut = Annotated[
+    Path | None, typer.Option("--json", help="Also write the result as JSON to this path.", dir_okay=False)
+]
