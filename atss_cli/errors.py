@@ -6,3 +6,5 @@ The CLI prints `error: <message>` on one line and exits non-zero for these; anyt
 
 class AtssError(Exception):
     """A known, user-facing error. The message must name the problem and, where it helps, the fix."""
+
+    exit_code = 2

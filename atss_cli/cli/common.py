@@ -40,7 +40,7 @@ def report_error(exc: BaseException) -> int:
         traceback.print_exception(exc)
     if isinstance(exc, AtssError):
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     if isinstance(exc, FileNotFoundError):
         print(f"error: file not found: {exc.filename or exc}", file=sys.stderr)
         return 2

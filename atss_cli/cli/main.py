@@ -43,19 +43,22 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: usage errors and known errors print one line and exit non-zero."""
-    import click
-
     args = sys.argv[1:] if argv is None else argv
     try:
         app(args=args, prog_name="atss", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as exc:
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # `atss train` with nothing else: the command's help, like `atss` alone.
+            print(exc.format_message().rstrip(), file=sys.stderr)
+            return 2
         # Wrong flag, missing argument, bad value: one line that names it.
-        print(f"error: {exc.format_message()}", file=sys.stderr)
+        message = " ".join(exc.format_message().split())
+        print(f"error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -1,0 +1,103 @@
+"""Checkpoint files of a training run: written atomically, read back for an exact resume.
+
+A checkpoint is a dict with the model under `state_dict` (MMDetection's key, so MMDetection
+can load ours), plus `optimizer`, `scaler`, `epoch`, `step` (micro-steps done in that epoch),
+`iteration` (optimizer steps done), `sampler`, `rng`, `config` and `versions`.
+`latest.pth` is the resume point; `epoch_N.pth` are kept per epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atss_cli.errors import AtssError
+
+LATEST = "latest.pth"
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A kill at any moment leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def versions() -> dict:
+    import platform
+
+    import torchvision
+
+    from atss_cli import __version__
+
+    return {"atss": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version()}
+
+
+def load_resume(path: Path) -> dict:
+    """Read one of our training checkpoints (it holds optimizer and RNG state, so not weights_only)."""
+    try:
+        # Our own file, written by this code: it holds RNG tuples and numpy state that the
+        # weights-only unpickler refuses.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a torn or foreign file: say which
+        raise AtssError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    for key in ("state_dict", "optimizer", "epoch", "iteration"):
+        if key not in ckpt:
+            raise AtssError(f"{path} is not an atss training checkpoint (no {key!r}); "
+                            "use --load-from to start from its weights instead")
+    return ckpt

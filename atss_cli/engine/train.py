@@ -1,0 +1,425 @@
+"""The training loop: the 1x recipe, resumable to the iteration, one process or many.
+
+`train(cfg, reporter)` runs in every process (torchrun sets the environment); rank 0 writes the
+work dir. What the user sees goes through `reporter` (the CLI's), never print().
+
+Work dir layout:
+  config.json     the resolved TrainConfig plus derived facts (world size, accumulation, lr)
+  latest.pth      the resume point (atomic), epoch_N.pth per epoch
+  metrics.jsonl   one JSON record per iteration ("train") and per evaluation ("val")
+  curves.png      loss and mAP curves, redrawn after each epoch
+  results_epoch_N.json  detections of each evaluation (COCO result format)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from atss_cli.config import TrainConfig, to_json
+from atss_cli.engine import checkpoint as ckpt_io
+from atss_cli.engine import distributed
+from atss_cli.engine.schedule import accumulation_steps, learning_rate
+from atss_cli.errors import AtssError
+
+
+class Reporter(Protocol):
+    def info(self, message: str) -> None: ...
+    def start(self, *, total_iters: int, start_iter: int, iters_per_epoch: int) -> None: ...
+    def iteration(self, record: dict) -> None: ...
+    def evaluated(self, record: dict) -> None: ...
+    def close(self) -> None: ...
+
+
+class SilentReporter:
+    def info(self, message: str) -> None:
+        pass
+
+    def start(self, **kwargs) -> None:
+        pass
+
+    def iteration(self, record: dict) -> None:
+        pass
+
+    def evaluated(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TrainingInterrupted(AtssError):
+    """Ctrl-C: the checkpoint is saved; the same command resumes."""
+
+    exit_code = 130
+
+
+class NonFiniteLoss(AtssError):
+    """A loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class _LossModule(torch.nn.Module):
+    """Routes model.loss through forward so DistributedDataParallel sees (and syncs) it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, targets):
+        return self.model.loss(images, targets)
+
+
+@dataclass
+class Position:
+    epoch: int = 0        # 0-based epoch in progress
+    step: int = 0         # micro-steps (loader batches) consumed in that epoch
+    iteration: int = 0    # optimizer steps taken in the whole run
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise AtssError("device cuda requested but torch sees no CUDA device")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def find_pretrained(depth: int, explicit: str) -> Path | None:
+    """The ImageNet ResNet weights: the given file, or torchvision's file in the torch hub cache."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise AtssError(f"--pretrained {explicit}: no such file")
+        return path
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(hub.glob(f"resnet{depth}-*.pth")) if hub.is_dir() else []
+    return found[0] if found else None
+
+
+def _to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, list[dict]]:
+    images = batch["images"].to(device, non_blocking=True)
+    targets = []
+    for t in batch["targets"]:
+        targets.append({k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()})
+    return images, targets
+
+
+def _read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line torn by a kill: everything after it is stale anyway
+    return records
+
+
+def _truncate_metrics(path: Path, pos: Position) -> None:
+    """Drop records written after the checkpoint we resume from, so the log reads as one run."""
+    keep = [r for r in _read_records(path)
+            if (r.get("kind") == "train" and r["iteration"] <= pos.iteration)
+            or (r.get("kind") == "val" and r["epoch"] <= pos.epoch)]
+    ckpt_io.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def train(cfg: TrainConfig, reporter: Reporter | None = None, *, resume: bool = True) -> dict:
+    """Train per `cfg`; returns a summary (last iteration, final metrics, work dir)."""
+    from atss_cli.data import build_train_loader, load_split
+    from atss_cli.model import build_atss, load_backbone, load_checkpoint
+
+    reporter = reporter or SilentReporter()
+    device_type = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
+    info = distributed.init_from_env(device_type)
+    try:
+        return _train(cfg, reporter, info, resume, build_train_loader, load_split, build_atss,
+                      load_backbone, load_checkpoint)
+    finally:
+        reporter.close()
+        distributed.shutdown()
+
+
+def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_atss, load_backbone, load_checkpoint):
+    device = resolve_device(cfg.device, info.local_rank)
+    work = Path(cfg.work_dir)
+    if info.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    coco = Path(cfg.coco)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+    # Rank 0 builds the annotation cache; the others open it once it is there.
+    if info.is_main:
+        train_set = load_split(coco, cfg.train_split, cache_dir)
+    distributed.barrier()
+    if not info.is_main:
+        train_set = load_split(coco, cfg.train_split, cache_dir)
+    val_set = None
+    if cfg.eval_interval and cfg.val_split:
+        if info.is_main:
+            val_set = load_split(coco, cfg.val_split, cache_dir)
+        distributed.barrier()
+        if not info.is_main:
+            val_set = load_split(coco, cfg.val_split, cache_dir)
+
+    model = build_atss(num_classes=train_set.num_classes, **cfg.model_kwargs)
+    if cfg.load_from:
+        report = load_checkpoint(model, Path(cfg.load_from), skip_mismatched=True)
+        reporter.info(f"weights from {cfg.load_from}" + (f" ({report})" if report else ""))
+    else:
+        pretrained = find_pretrained(cfg.depth, cfg.pretrained)
+        if pretrained is not None:
+            load_backbone(model, pretrained)
+            reporter.info(f"backbone: ImageNet weights from {pretrained}")
+        else:
+            reporter.info(f"backbone: random init (no resnet{cfg.depth}-*.pth given with --pretrained "
+                          f"or in {Path(torch.hub.get_dir()) / 'checkpoints'}); the 1x recipe assumes "
+                          "ImageNet weights")
+    model.to(device)
+
+    loader, sampler = build_train_loader(
+        train_set, batch_per_rank=cfg.batch_per_gpu, world_size=info.world_size, rank=info.rank,
+        seed=cfg.seed, workers=cfg.workers, scale=tuple(cfg.scale), flip_prob=cfg.flip_prob)
+    steps_per_epoch = len(sampler)
+    if steps_per_epoch == 0:
+        raise AtssError(f"{cfg.train_split}: {len(train_set.train_indices())} usable training images, "
+                        f"fewer than one global batch of {cfg.batch_per_gpu * info.world_size}")
+    accumulate = accumulation_steps(cfg.accumulate, base_batch=cfg.base_batch,
+                                    batch_per_gpu=cfg.batch_per_gpu, world_size=info.world_size)
+    accumulate = min(accumulate, steps_per_epoch)
+    total_batch = cfg.batch_per_gpu * info.world_size * accumulate
+    base_lr = cfg.lr * total_batch / cfg.base_batch if cfg.scale_lr else cfg.lr
+    iters_per_epoch = math.ceil(steps_per_epoch / accumulate)
+    total_iters = iters_per_epoch * cfg.epochs
+    if cfg.max_iters:
+        total_iters = min(total_iters, cfg.max_iters)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+
+    pos = Position()
+    latest = work / ckpt_io.LATEST
+    if resume and latest.exists():
+        state = ckpt_io.load_resume(latest)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        pos = Position(epoch=state["epoch"], step=state["step"], iteration=state["iteration"])
+        if state.get("rng") and state.get("world_size", 1) == info.world_size:
+            rng = state["rng"][info.rank] if isinstance(state["rng"], list) else state["rng"]
+            ckpt_io.set_rng_state(rng)
+        if info.is_main:
+            _truncate_metrics(work / "metrics.jsonl", pos)
+        reporter.info(f"resumed from {latest}: epoch {pos.epoch + 1}, iteration {pos.iteration}")
+
+    derived = {"world_size": info.world_size, "accumulate": accumulate, "total_batch": total_batch,
+               "lr": base_lr, "iters_per_epoch": iters_per_epoch, "total_iters": total_iters,
+               "num_classes": train_set.num_classes, "train_images": len(train_set.train_indices()),
+               "device": str(device)}
+    if info.is_main:
+        ckpt_io.atomic_write_text(work / "config.json",
+                                  json.dumps({**cfg.to_dict(), "derived": derived}, indent=2) + "\n")
+    reporter.info(f"{info.world_size} process(es) x {cfg.batch_per_gpu} images x {accumulate} accumulation "
+                  f"= total batch {total_batch}, lr {base_lr:g}, {iters_per_epoch} iterations/epoch")
+
+    loss_module = _LossModule(model)
+    if info.enabled:
+        loss_module = torch.nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = _tensorboard(work) if info.is_main else None
+    metrics_path = work / "metrics.jsonl"
+    bad_images = 0
+
+    def save(position: Position, *, epoch_file: bool) -> None:
+        rng = ckpt_io.rng_state()
+        if info.enabled:
+            gathered = [None] * info.world_size
+            torch.distributed.all_gather_object(gathered, rng)
+            rng = gathered
+        if not info.is_main:
+            return
+        state = {
+            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "epoch": position.epoch, "step": position.step, "iteration": position.iteration,
+            "sampler": {"epoch": position.epoch, "step": position.step}, "rng": rng,
+            "world_size": info.world_size, "config": cfg.to_dict(), "meta": {"derived": derived,
+                                                                              "versions": ckpt_io.versions()},
+        }
+        ckpt_io.atomic_save(state, latest)
+        if epoch_file:
+            ckpt_io.atomic_save({"state_dict": state["state_dict"], "config": state["config"],
+                                 "meta": state["meta"], "epoch": position.epoch}, work / f"epoch_{position.epoch}.pth")
+
+    reporter.start(total_iters=total_iters, start_iter=pos.iteration, iters_per_epoch=iters_per_epoch)
+    last_metrics: dict = {}
+    model.train()
+    window_start, window_images = time.perf_counter(), 0
+    done = pos.iteration >= total_iters
+    while not done and pos.epoch < cfg.epochs:
+        sampler.load_state_dict({"epoch": pos.epoch, "step": pos.step})
+        batches = iter(loader)
+        try:
+            while pos.step < steps_per_epoch and pos.iteration < total_iters:
+                group = min(accumulate, steps_per_epoch - pos.step)
+                lr = learning_rate(base_lr, iteration=pos.iteration, epoch=pos.epoch,
+                                   warmup_iters=cfg.warmup_iters, warmup_ratio=cfg.warmup_ratio,
+                                   milestones=tuple(cfg.milestones))
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                sums = torch.zeros(3, dtype=torch.float64)
+                n_images = 0
+                for micro in range(group):
+                    batch = next(batches)
+                    bad_images += len(batch.get("skipped", ()))
+                    images, targets = _to_device(batch, device)
+                    n_images += images.shape[0]
+                    sync = micro == group - 1 or not info.enabled
+                    ctx = contextlib.nullcontext() if sync else loss_module.no_sync()
+                    with ctx:
+                        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                            losses = loss_module(images, targets)
+                        terms = torch.stack([losses["loss_cls"], losses["loss_bbox"], losses["loss_centerness"]]).float()
+                        total = terms.sum()
+                        scaler.scale(total / group).backward()
+                    sums += distributed.all_reduce_mean(terms.detach()).double().cpu()
+                sums /= group
+                if not torch.isfinite(sums).all():
+                    raise NonFiniteLoss(
+                        f"non-finite loss at iteration {pos.iteration + 1} (cls {sums[0]:.4g}, bbox {sums[1]:.4g}, "
+                        f"centerness {sums[2]:.4g}); stopped, {latest} is the last good checkpoint "
+                        "(try a lower --lr, a longer warmup, or --amp none)")
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                pos.step += group
+                pos.iteration += 1
+                window_images += n_images * info.world_size
+
+                record = {"kind": "train", "iteration": pos.iteration, "epoch": pos.epoch + 1,
+                          "step": pos.step, "lr": lr, "loss": float(sums.sum()), "loss_cls": float(sums[0]),
+                          "loss_bbox": float(sums[1]), "loss_centerness": float(sums[2])}
+                if pos.iteration % cfg.log_interval == 0 or pos.iteration == total_iters or pos.step >= steps_per_epoch:
+                    now = time.perf_counter()
+                    record["images_per_s"] = window_images / max(now - window_start, 1e-9)
+                    window_start, window_images = now, 0
+                    if device.type == "cuda":
+                        record["memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                if bad_images:
+                    record["bad_images"] = bad_images
+                if info.is_main:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if writer is not None:
+                        for key in ("loss", "loss_cls", "loss_bbox", "loss_centerness", "lr"):
+                            writer.add_scalar(f"train/{key}", record[key], pos.iteration)
+                reporter.iteration(record)
+                if cfg.save_every_iters and pos.iteration % cfg.save_every_iters == 0 and pos.step < steps_per_epoch:
+                    save(pos, epoch_file=False)
+        except KeyboardInterrupt:
+            save(pos, epoch_file=False)
+            raise TrainingInterrupted(f"interrupted at iteration {pos.iteration}; checkpoint saved to {latest}; "
+                                      "run the same command to resume") from None
+
+        if pos.step < steps_per_epoch:
+            # Stopped by max_iters inside the epoch: keep the exact position.
+            save(pos, epoch_file=False)
+            break
+        finished_epoch = pos.epoch + 1
+        evaluate_now = val_set is not None and cfg.eval_interval and (
+            finished_epoch % cfg.eval_interval == 0 or finished_epoch == cfg.epochs)
+        pos = Position(epoch=finished_epoch, step=0, iteration=pos.iteration)
+        save(pos, epoch_file=cfg.checkpoint_interval > 0 and (
+            finished_epoch % cfg.checkpoint_interval == 0 or finished_epoch == cfg.epochs))
+        if evaluate_now:
+            last_metrics = _evaluate(model, val_set, cfg, device, work, finished_epoch, info)
+            record = {"kind": "val", "epoch": finished_epoch, "iteration": pos.iteration, **last_metrics}
+            if info.is_main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    for key, value in last_metrics.items():
+                        if isinstance(value, (int, float)):
+                            writer.add_scalar(f"val/{key}", value, pos.iteration)
+            reporter.evaluated(record)
+            model.train()
+        if info.is_main:
+            _draw_curves(metrics_path, work / "curves.png")
+        if pos.iteration >= total_iters:
+            break
+        distributed.barrier()
+
+    if writer is not None:
+        writer.close()
+    return {"work_dir": str(work), "iteration": pos.iteration, "epoch": pos.epoch, "metrics": last_metrics,
+            "bad_images": bad_images, "derived": derived}
+
+
+def _evaluate(model, val_set, cfg, device, work: Path, epoch: int, info) -> dict:
+    from atss_cli.engine.evaluate import evaluate
+
+    model.eval()
+    with torch.no_grad():
+        metrics = evaluate(model, val_set, device=device, scale=tuple(cfg.scale), workers=cfg.workers,
+                           evaluator=cfg.evaluator, results_path=work / f"results_epoch_{epoch}.json")
+    return metrics or {}
+
+
+def _tensorboard(work: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # noqa: BLE001 - tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(work / "tensorboard"))
+
+
+def _draw_curves(metrics_path: Path, out: Path) -> None:
+    """Loss per iteration and mAP per epoch, as one PNG (skipped when matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001 - plotting is optional
+        return
+    records = _read_records(metrics_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val" and "mAP" in r]
+    if not train:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    its = [r["iteration"] for r in train]
+    for key in ("loss", "loss_cls", "loss_bbox", "loss_centerness"):
+        axes[0].plot(its, [r[key] for r in train], label=key, linewidth=1)
+    axes[0].set_xlabel("iteration")
+    axes[0].set_title("training loss")
+    axes[0].legend()
+    if val:
+        axes[1].plot([r["epoch"] for r in val], [r["mAP"] for r in val], marker="o", label="mAP@[.5:.95]")
+        if "mAP_50" in val[0]:
+            axes[1].plot([r["epoch"] for r in val], [r["mAP_50"] for r in val], marker="o", label="mAP@0.5")
+        axes[1].legend()
+    axes[1].set_xlabel("epoch")
+    axes[1].set_title("validation")
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(out)
