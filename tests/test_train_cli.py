@@ -1,0 +1,171 @@
+"""`atss train` end to end through the CLI, on a tiny generated dataset and a tiny model.
+
+These are the user's paths: a short run writes checkpoints and logs; a run killed with SIGKILL
+and resumed logs the same per-iteration losses as an uninterrupted run; two gloo processes give
+the loss of one process with the same total batch; bad flags and files give one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# A model small enough to train a few iterations in seconds on 2 CPU cores.
+TINY = ["--set", "depth=18", "--set", "fpn_channels=32", "--set", "head_channels=32",
+        "--set", "stacked_convs=1", "--set", "scale=128,128", "--set", "workers=0",
+        "--set", "warmup_iters=2", "--set", "log_interval=1"]
+
+
+def atss(*args, timeout=300, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "atss_cli", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    proc = atss("prepare", "--synthetic", root, "--train-images", 8, "--val-images", 4, "--seed", 3,
+                "--size", 128)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def train_records(work: Path) -> list[dict]:
+    lines = (work / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def test_short_run_writes_checkpoints_logs_and_curves(coco, tmp_path):
+    work = tmp_path / "run"
+    proc = atss("train", "--coco", coco, "--work-dir", work, "--device", "cpu", "--epochs", 2,
+                "--batch-per-gpu", 2, "--accumulate", 1, "--lr", 0.01, *TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for name in ("latest.pth", "epoch_1.pth", "epoch_2.pth", "config.json", "metrics.jsonl", "curves.png"):
+        assert (work / name).is_file(), name
+    records = train_records(work)
+    assert [r["iteration"] for r in records] == list(range(1, 9))  # 8 images / batch 2 = 4 per epoch
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    val = [r for r in map(json.loads, (work / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "val"]
+    assert [r["epoch"] for r in val] == [1, 2] and "mAP" in val[0]
+    config = json.loads((work / "config.json").read_text())
+    assert config["depth"] == 18 and config["derived"]["total_batch"] == 2
+    latest = torch.load(work / "latest.pth", weights_only=False)
+    assert latest["iteration"] == 8 and latest["epoch"] == 2
+    assert "bbox_head.atss_cls.weight" in latest["state_dict"]
+    # The epoch file is what users (and MMDetection) load: the model under state_dict.
+    from atss_cli.model import build_atss, load_checkpoint
+
+    model = build_atss(num_classes=config["derived"]["num_classes"], depth=18, fpn_channels=32,
+                       head_channels=32, stacked_convs=1)
+    load_checkpoint(model, work / "epoch_2.pth")
+    # A second run of the same command finds the finished run and does not train again.
+    again = atss("train", "--coco", coco, "--work-dir", work, "--device", "cpu", "--epochs", 2,
+                 "--batch-per-gpu", 2, "--accumulate", 1, "--lr", 0.01, *TINY)
+    assert again.returncode == 0, again.stderr
+    assert len(train_records(work)) == 8
+
+
+def test_sigkill_then_resume_gives_the_same_losses(coco, tmp_path):
+    common = ["--device", "cpu", "--epochs", 3, "--batch-per-gpu", 2, "--accumulate", 1, "--lr", 0.01,
+              "--eval-interval", 0, *TINY, "--set", "save_every_iters=1"]
+    straight = tmp_path / "straight"
+    proc = atss("train", "--coco", coco, "--work-dir", straight, *common)
+    assert proc.returncode == 0, proc.stderr
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "atss_cli", "train", "--coco", str(coco), "--work-dir",
+                              str(killed), *map(str, common)], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    metrics = killed / "metrics.jsonl"
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 6:  # mid epoch 2
+            break
+        if child.poll() is not None:
+            pytest.fail("training finished before it could be killed")
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert len(metrics.read_text().splitlines()) < 12
+
+    resumed = atss("train", "--coco", coco, "--work-dir", killed, *common)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    a, b = train_records(straight), train_records(killed)
+    assert [r["iteration"] for r in b] == [r["iteration"] for r in a] == list(range(1, 13))
+    for ra, rb in zip(a, b):
+        assert rb["lr"] == pytest.approx(ra["lr"], rel=1e-12)
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6), ra["iteration"]
+
+
+def test_two_gloo_processes_match_one_process(coco, tmp_path):
+    # BatchNorm frozen (norm_eval) so that per-process batch statistics do not differ.
+    common = ["--device", "cpu", "--epochs", 1, "--accumulate", 1, "--lr", 0.01, "--eval-interval", 0,
+              *TINY, "--set", "norm_eval=true"]
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    p1 = atss("train", "--coco", coco, "--work-dir", one, "--batch-per-gpu", 2, "--nproc", 1, *common)
+    assert p1.returncode == 0, p1.stderr
+    p2 = atss("train", "--coco", coco, "--work-dir", two, "--batch-per-gpu", 1, "--nproc", 2, *common)
+    assert p2.returncode == 0, p2.stderr + p2.stdout
+    a, b = train_records(one), train_records(two)
+    assert len(a) == len(b) == 4
+    for ra, rb in zip(a, b):
+        for key in ("loss_cls", "loss_bbox", "loss_centerness"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (ra["iteration"], key)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(coco, tmp_path):
+    work = tmp_path / "nan"
+    proc = atss("train", "--coco", coco, "--work-dir", work, "--device", "cpu", "--epochs", 2,
+                "--batch-per-gpu", 2, "--accumulate", 1, "--lr", 1e30, "--eval-interval", 0, *TINY,
+                "--set", "save_every_iters=1", "--set", "warmup_iters=0")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: non-finite loss at iteration"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    state = torch.load(work / "latest.pth", weights_only=False)
+    logged = train_records(work)
+    # The checkpoint is the last iteration whose loss was finite; nothing after it was written.
+    assert logged and state["iteration"] == logged[-1]["iteration"]
+    assert all(r["loss"] == r["loss"] and abs(r["loss"]) < float("inf") for r in logged)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--gpus", "1"], "CUDA device"),
+    (["--set", "bogus=1"], "no such config field"),
+    (["--set", "lr=abc"], "not a valid float"),
+    (["--amp", "fp8"], "--amp"),
+    (["--epochs", "0"], "--epochs"),
+    (["--load-from", "/no/such/ckpt.pth"], "does not exist"),
+])
+def test_bad_flags_are_one_line_errors(coco, tmp_path, args, needle):
+    proc = atss("train", "--coco", coco, "--work-dir", tmp_path / "w", "--device", "cpu", *args)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
+
+
+def test_missing_dataset_and_corrupt_checkpoint_are_one_line_errors(coco, tmp_path):
+    proc = atss("train", "--coco", tmp_path, "--work-dir", tmp_path / "w", "--device", "cpu")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+    work = tmp_path / "corrupt"
+    work.mkdir()
+    (work / "latest.pth").write_bytes(b"not a checkpoint")
+    proc = atss("train", "--coco", coco, "--work-dir", work, "--device", "cpu", *TINY)
+    assert proc.returncode == 2
+    assert "cannot read checkpoint" in proc.stderr and "Traceback" not in proc.stderr
