@@ -1,0 +1,156 @@
+"""Datasets over a prepared split, and `collate` into the batch of docs/ARCHITECTURE.md.
+
+A sample (dict):
+    image         float32 [3, h, w]  resized, maybe flipped, normalised (not padded)
+    boxes         float32 [M, 4]     xyxy in the resized (and flipped) frame, clipped
+    labels        int64 [M]          contiguous 0..C-1
+    img_shape     (h, w)             after the resize
+    ori_shape     (h, w)             the decoded original
+    scale_factor  (sx, sy)           img / ori per axis
+    image_id      int                COCO image id
+    index         int                image index in the cache
+    flipped       bool
+    skipped       list[str]          files that failed to decode and were replaced by this one
+
+The datasets hold the `CocoCache` (memory-mapped arrays, pickled as paths) and a numpy index
+array, never a list of per-image Python objects: DataLoader workers share the page cache.
+
+Training: a missing or undecodable file is replaced by the next training image that decodes
+(deterministic), named in `skipped`, and counted per process; more than `max_corrupt` distinct
+bad files in one process raise `CorruptImagesError` naming them. Test: a bad file raises
+`CorruptImagesError` naming it (every image must be evaluated; skipping would change the AP).
+
+A dataset key is an image position (int) or a pair (position, augmentation seed) as the
+`GroupedGlobalBatchSampler` yields: with a seed the flip depends only on it, so a resumed run
+and a run on another number of processes flip the same images.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from atss_cli.data.cache import CocoCache
+from atss_cli.data.transforms import DecodeError, decode_rgb, hflip, normalize, pad_batch, resize
+from atss_cli.errors import AtssError
+
+DEFAULT_SCALE = (1333, 800)
+
+
+class CorruptImagesError(AtssError):
+    """Too many bad images in training, or one in evaluation. One line, also from a loader worker.
+
+    A DataLoader re-raises a worker's exception as `type(exc)("Caught ... Original Traceback ...")`;
+    this class keeps only the original message, so the CLI still prints one line.
+    """
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:
+            last = [ln for ln in message.strip().splitlines() if ln.strip()][-1]
+            head = f"{type(self).__module__}.{type(self).__name__}: "
+            message = last[len(head):] if last.startswith(head) else last.split(": ", 1)[-1]
+        super().__init__(message)
+
+
+def _key(key) -> tuple[int, int | None]:
+    if isinstance(key, (tuple, list)):
+        return int(key[0]), int(key[1])
+    return int(key), None
+
+
+class _Base(torch.utils.data.Dataset):
+    def __init__(self, cache: CocoCache, indices: np.ndarray, scale: tuple[int, int]):
+        self.cache = cache
+        self.indices = np.ascontiguousarray(indices, dtype=np.int64)
+        self.scale = (int(scale[0]), int(scale[1]))
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def landscape(self) -> np.ndarray:
+        """bool per position: width >= height (the aspect-ratio group of the sampler)."""
+        return self.cache.landscape(self.indices)
+
+    def _sample(self, idx: int, image: torch.Tensor, flip: bool, skipped: list[str]) -> dict:
+        cache = self.cache
+        boxes = torch.from_numpy(cache.boxes(idx))
+        labels = torch.from_numpy(cache.labels(idx))
+        ori_h, ori_w = int(image.shape[-2]), int(image.shape[-1])
+        image, boxes, (sx, sy) = resize(image, boxes, self.scale)
+        if flip:
+            image, boxes = hflip(image, boxes)
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        return {"image": normalize(image), "boxes": boxes, "labels": labels, "img_shape": (h, w),
+                "ori_shape": (ori_h, ori_w), "scale_factor": (sx, sy), "image_id": int(cache.image_ids[idx]),
+                "index": idx, "flipped": flip, "skipped": skipped}
+
+
+class TrainDataset(_Base):
+    """The training images of `cache` (`cache.train_indices()`), resized, flipped with `flip_prob`."""
+
+    def __init__(self, cache: CocoCache, scale: tuple[int, int] = DEFAULT_SCALE, flip_prob: float = 0.5,
+                 max_corrupt: int = 100, indices: np.ndarray | None = None):
+        super().__init__(cache, cache.train_indices() if indices is None else indices, scale)
+        if len(self) == 0:
+            raise AtssError(f"split {cache.split!r} has no image usable for training")
+        self.flip_prob = float(flip_prob)
+        self.max_corrupt = int(max_corrupt)
+        self._bad: set[str] = set()  # names of bad files met by this process (small)
+
+    def __getitem__(self, key) -> dict:
+        pos, seed = _key(key)
+        flip = (random.Random(seed).random() if seed is not None else torch.rand(()).item()) < self.flip_prob
+        skipped: list[str] = []
+        n = len(self)
+        for attempt in range(n):
+            idx = int(self.indices[(pos + attempt) % n])
+            name = self.cache.file_name(idx)
+            if name in self._bad:
+                skipped.append(name)
+                continue
+            try:
+                image = decode_rgb(self.cache.image_dir / name)
+            except DecodeError:
+                self._bad.add(name)
+                skipped.append(name)
+                if len(self._bad) > self.max_corrupt:
+                    shown = ", ".join(sorted(self._bad)[:5])
+                    raise CorruptImagesError(
+                        f"{len(self._bad)} missing or undecodable training images in {self.cache.image_dir} "
+                        f"(limit {self.max_corrupt}): {shown}{', ...' if len(self._bad) > 5 else ''}; "
+                        "run `atss prepare --check-images` to list them") from None
+                continue
+            return self._sample(idx, image, flip, skipped)
+        raise CorruptImagesError(f"no training image of {self.cache.image_dir} can be decoded")
+
+
+class TestDataset(_Base):
+    """Every image of `cache`, in order, resized, not flipped."""
+
+    __test__ = False  # a name pytest would otherwise try to collect
+
+    def __init__(self, cache: CocoCache, scale: tuple[int, int] = DEFAULT_SCALE):
+        super().__init__(cache, np.arange(cache.num_images, dtype=np.int64), scale)
+
+    def __getitem__(self, key) -> dict:
+        pos, _ = _key(key)
+        idx = int(self.indices[pos])
+        path = self.cache.image_path(idx)
+        try:
+            image = decode_rgb(path)
+        except DecodeError:
+            raise CorruptImagesError(f"cannot evaluate {self.cache.split}: image {path} is missing or cannot be "
+                                     "decoded (every image counts in COCOeval; restore the file)") from None
+        return self._sample(idx, image, False, [])
+
+
+def collate(samples: list[dict]) -> dict:
+    """Samples -> {"images" [B,3,H,W] padded to 32, "targets" [...], "skipped" [names], "indices" [...]}."""
+    targets = [{"boxes": s["boxes"], "labels": s["labels"], "img_shape": s["img_shape"],
+                "ori_shape": s["ori_shape"], "scale_factor": s["scale_factor"], "image_id": s["image_id"]}
+               for s in samples]
+    return {"images": pad_batch([s["image"] for s in samples]), "targets": targets,
+            "skipped": [name for s in samples for name in s["skipped"]],
+            "indices": [s["index"] for s in samples], "flipped": [s["flipped"] for s in samples]}

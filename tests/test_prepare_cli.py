@@ -1,0 +1,101 @@
+"""`atss prepare` through the real command line: each error path is one line, exit != 0, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_data_coco import make_coco
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def atss(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "ATSS_DEBUG"}
+    return subprocess.run([sys.executable, "-m", "atss_cli", "prepare", *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=120)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr + proc.stdout
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_prepare_ok_with_json(tmp_path):
+    coco = make_coco(tmp_path / "coco")
+    report = tmp_path / "report.json"
+    proc = atss("--coco", str(coco), "--check-images", "--json", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert "train2017: not present" in proc.stdout and "val2017" in proc.stdout
+    data = json.loads(report.read_text())
+    assert data["absent"] == ["train2017"]
+    (r,) = data["splits"]
+    assert (r["split"], r["usable_boxes"], r["crowd_boxes"], r["missing_files"]) == ("val2017", 7, 2, 1)
+    assert r["check_images"]["undecodable"] == 1
+
+
+@pytest.mark.parametrize("case", ["missing folder", "explicit split missing", "no annotations", "no image folder",
+                                  "malformed json", "not coco", "empty split", "no option", "both options"])
+def test_error_paths(tmp_path, case):
+    coco = make_coco(tmp_path / "coco")
+    ann = coco / "annotations" / "instances_val2017.json"
+    args = ["--coco", str(coco)]
+    needles: tuple[str, ...] = ()
+    if case == "missing folder":
+        args, needles = ["--coco", str(tmp_path / "nope")], ("COCO folder not found", "nope")
+    elif case == "explicit split missing":
+        args, needles = args + ["--splits", "val2017,train2017"], ("train2017", "instances_train2017.json")
+    elif case == "no annotations":
+        ann.unlink()
+        ann.parent.rmdir()
+        needles = ("annotations",)
+    elif case == "no image folder":
+        for p in (coco / "val2017").iterdir():
+            p.unlink()
+        (coco / "val2017").rmdir()
+        needles = ("image folder not found",)
+    elif case == "malformed json":
+        ann.write_text('{"images": [\n  {"id": 1,, "file_name": "a.png"}\n]}')
+        needles = ("malformed JSON", "line 2", "column 12")
+    elif case == "not coco":
+        ann.write_text(json.dumps({"images": [{"id": 1, "width": 3, "height": 3}], "annotations": [],
+                                   "categories": [{"id": 1, "name": "x"}]}))
+        needles = ("not a COCO annotation file", '"images"[0] has no "file_name" field')
+    elif case == "empty split":
+        ann.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+        needles = ("empty split",)
+    elif case == "no option":
+        args, needles = [], ("--coco", "--synthetic")
+    elif case == "both options":
+        args, needles = args + ["--synthetic", str(tmp_path / "syn")], ("exactly one",)
+    assert_one_line_error(atss(*args), *needles)
+
+
+def test_synthetic_folder_not_empty(tmp_path):
+    (tmp_path / "syn").mkdir()
+    (tmp_path / "syn" / "mine.txt").write_text("x")
+    assert_one_line_error(atss("--synthetic", str(tmp_path / "syn")), "not empty")
+
+
+def test_synthetic_then_prepare(tmp_path):
+    syn = tmp_path / "syn"
+    proc = atss("--synthetic", str(syn), "--train-images", "12", "--val-images", "4", "--json", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [r["split"] for r in data["splits"]] == ["train2017", "val2017"]
+    assert (syn / ".atss_cache" / "train2017" / "meta.json").exists()
+    # Again: same parameters, nothing written; `--coco` on it is the same dataset.
+    proc = atss("--synthetic", str(syn), "--train-images", "12", "--val-images", "4")
+    assert proc.returncode == 0 and "already there" in proc.stdout
+    assert atss("--coco", str(syn)).returncode == 0
+    assert_one_line_error(atss("--synthetic", str(syn), "--seed", "1"), "other parameters")
