@@ -30,13 +30,17 @@ def _extensions():
         os.environ.get("ATSS_FORCE_CUDA") == "1" or (torch.version.cuda is not None and nvcc)
     )
     define_macros = []
-    cxx = ["-O3"]
+    # -ffp-contract=off: no fused multiply-adds on the host either (aarch64 would fuse), so
+    # the CPU kernels compute what the CUDA kernels (-fmad=false) compute.
+    cxx = ["-O3", "-ffp-contract=off"]
     kwargs = dict(
         name="atss_cli._C",
         include_dirs=[os.path.join(here, "csrc")],
         extra_compile_args={"cxx": cxx},
         define_macros=define_macros,
     )
+    cpu_ext = CppExtension(sources=cpp, **{**kwargs, "define_macros": list(define_macros),
+                                           "extra_compile_args": {"cxx": list(cxx)}})
     if with_cuda:
         define_macros += [
             ("ATSS_WITH_CUDA", None),
@@ -44,20 +48,33 @@ def _extensions():
         ]
         # -fmad=false: the CPU kernels and the CUDA kernels share their arithmetic and must
         # agree bit for bit; nvcc would otherwise fuse multiply-adds the CPU does not.
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-fmad=false", "--expt-relaxed-constexpr"]
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-fmad=false", "--expt-relaxed-constexpr",
+                                            "-Xcompiler", "-ffp-contract=off"]
         ext = CUDAExtension(sources=cpp + cu, **kwargs)
     else:
-        ext = CppExtension(sources=cpp, **kwargs)
+        ext = cpu_ext
 
     class OptionalBuildExtension(BuildExtension):
-        """A failed compile leaves a working package on the pure-PyTorch fallback."""
+        """A failed compile leaves a working package: CPU kernels only when the CUDA build
+        fails, the pure-PyTorch fallback when nothing builds (ATSS_REQUIRE_EXTENSION=1: fail)."""
 
         def run(self):
             try:
                 super().run()
-            except Exception as exc:  # noqa: BLE001 - any compiler failure means "no extension"
+                return
+            except Exception as exc:  # noqa: BLE001 - any compiler failure
                 if os.environ.get("ATSS_REQUIRE_EXTENSION") == "1":
                     raise
+                if not with_cuda:
+                    print(f"WARNING: atss extension not built ({exc}); using the PyTorch fallback",
+                          file=sys.stderr)
+                    return
+                print(f"WARNING: atss CUDA kernels not built ({exc}); retrying with the CPU kernels only",
+                      file=sys.stderr)
+            self.extensions = [cpu_ext]
+            try:
+                super().run()
+            except Exception as exc:  # noqa: BLE001
                 print(f"WARNING: atss extension not built ({exc}); using the PyTorch fallback",
                       file=sys.stderr)
 

@@ -32,23 +32,26 @@ def debug_enabled() -> bool:
     return os.environ.get("ATSS_DEBUG", "") not in ("", "0")
 
 
-def report_error(exc: BaseException) -> int:
-    """Print one line for `exc` on stderr and return the exit code; the traceback only on request."""
+def report_error(exc: BaseException, prefix: str = "") -> int:
+    """Print one line for `exc` on stderr and return the exit code; the traceback only on request.
+
+    `prefix` goes after "error: " (e.g. "[rank 1] " in a multi-process run).
+    """
     if debug_enabled():
         import traceback
 
         traceback.print_exception(exc)
     if isinstance(exc, AtssError):
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {prefix}{exc}", file=sys.stderr)
         return exc.exit_code
     if isinstance(exc, FileNotFoundError):
-        print(f"error: file not found: {exc.filename or exc}", file=sys.stderr)
+        print(f"error: {prefix}file not found: {exc.filename or exc}", file=sys.stderr)
         return 2
     if isinstance(exc, MemoryError):
-        print("error: out of memory (host RAM); try fewer loader workers or a smaller batch", file=sys.stderr)
+        print(f"error: {prefix}out of memory (host RAM); try fewer loader workers or a smaller batch", file=sys.stderr)
         return 1
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    print(f"error: internal error: {type(exc).__name__}: {msg} "
+    print(f"error: {prefix}internal error: {type(exc).__name__}: {msg} "
           "(this is a bug; ATSS_DEBUG=1 shows the traceback)", file=sys.stderr)
     return 1
 

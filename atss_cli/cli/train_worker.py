@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if isinstance(exc, KeyboardInterrupt):
             return 130
-        print(f"[rank {rank}] ", end="", file=sys.stderr)
-        return report_error(exc)
+        return report_error(exc, prefix=f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
     return 0
 
 

@@ -52,13 +52,12 @@ def run_demo(out: Path, reporter, *, train_images: int, val_images: int, epochs:
     summary = train(cfg, reporter, resume=False)
     metrics = summary["metrics"]
 
-    from atss_cli.engine.predict import predict_images
+    from atss_cli.engine.predict import predict_checkpoint
 
-    images = [val.image_dir / val.file_name(i) for i in range(min(4, val.num_images))]
+    images = [val.image_path(i) for i in range(min(4, val.num_images))]
     pred_dir = out / "predictions"
-    predict_images(checkpoint=work_dir / f"epoch_{epochs}.pth", images=images, out_dir=pred_dir,
-                   score_thr=0.3, device="cpu", class_names=[c["name"] for c in val.categories],
-                   scale=(DEMO_SIZE, DEMO_SIZE))
+    predict_checkpoint(work_dir / f"epoch_{epochs}.pth", images, pred_dir, coco=data_dir, split="val2017",
+                       device="cpu", score_thr=0.3)
 
     bench_path = None
     if bench:

@@ -87,10 +87,22 @@ def free_port() -> int:
 
 
 def launch(module: str, module_args: list[str], *, nproc: int, nnodes: int = 1, node_rank: int = 0,
-           master_addr: str = "127.0.0.1", master_port: int = 0) -> None:
-    """Run `python -m module module_args` in nproc processes per node via torch.distributed.run."""
+           master_addr: str = "127.0.0.1", master_port: int = 0, what: str = "training") -> None:
+    """Run `python -m module module_args` in nproc processes per node via torch.distributed.run.
+
+    A failing worker prints its own one-line error; this raises one AtssError naming the rank.
+    """
+    import logging
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
+
+    # torchrun's elastic agent logs warnings and a failure report on stderr; the workers' own
+    # one-line errors and ours say what the user needs.
+    # Each of its loggers sets its own level, so each is quieted by name.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
     if nnodes > 1 and master_port == 0:
         raise AtssError("--master-port is required with --nnodes > 1 (the same on every node)")
@@ -112,4 +124,4 @@ def launch(module: str, module_args: list[str], *, nproc: int, nnodes: int = 1, 
         first = min(failures) if failures else None
         code = failures[first].exitcode if first is not None else 1
         # The worker already printed its own one-line error; name the failing rank here.
-        raise AtssError(f"training process rank {first} exited with code {code}") from None
+        raise AtssError(f"{what} process rank {first} exited with code {code}") from None

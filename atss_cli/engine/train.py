@@ -157,6 +157,8 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
     work = Path(cfg.work_dir)
     if info.is_main:
         work.mkdir(parents=True, exist_ok=True)
+        for stale in work.glob(".*.tmp"):  # left by a kill in the middle of an atomic write
+            stale.unlink(missing_ok=True)
     torch.manual_seed(cfg.seed)
 
     coco = Path(cfg.coco)
@@ -192,7 +194,8 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
 
     loader, sampler = build_train_loader(
         train_set, batch_per_rank=cfg.batch_per_gpu, world_size=info.world_size, rank=info.rank,
-        seed=cfg.seed, workers=cfg.workers, scale=tuple(cfg.scale), flip_prob=cfg.flip_prob)
+        seed=cfg.seed, workers=cfg.workers, scale=tuple(cfg.scale), flip_prob=cfg.flip_prob,
+        max_corrupt=cfg.max_bad_images)
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
         raise AtssError(f"{cfg.train_split}: {len(train_set.train_indices())} usable training images, "
@@ -260,13 +263,15 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "epoch": position.epoch, "step": position.step, "iteration": position.iteration,
             "sampler": {"epoch": position.epoch, "step": position.step}, "rng": rng,
-            "world_size": info.world_size, "config": cfg.to_dict(), "meta": {"derived": derived,
+            "world_size": info.world_size, "config": cfg.to_dict(), "categories": list(train_set.categories),
+            "meta": {"derived": derived,
                                                                               "versions": ckpt_io.versions()},
         }
         ckpt_io.atomic_save(state, latest)
         if epoch_file:
             ckpt_io.atomic_save({"state_dict": state["state_dict"], "config": state["config"],
-                                 "meta": state["meta"], "epoch": position.epoch}, work / f"epoch_{position.epoch}.pth")
+                                 "categories": state["categories"], "meta": state["meta"],
+                                 "epoch": position.epoch}, work / f"epoch_{position.epoch}.pth")
 
     reporter.start(total_iters=total_iters, start_iter=pos.iteration, iters_per_epoch=iters_per_epoch)
     last_metrics: dict = {}
