@@ -173,3 +173,14 @@ def test_missing_dataset_and_corrupt_checkpoint_are_one_line_errors(coco, tmp_pa
     proc = atss("train", "--coco", coco, "--work-dir", work, "--device", "cpu", *TINY)
     assert proc.returncode == 2
     assert "cannot read checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_demo_runs_end_to_end_on_a_few_images(tmp_path):
+    out = tmp_path / "demo"
+    proc = atss("demo", "--out", out, "--train-images", 16, "--val-images", 4, "--epochs", 1, "--no-bench")
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("demo: mAP@[.5:.95]=") and "(4 images," in last, proc.stdout
+    assert (out / "train" / "epoch_1.pth").is_file()
+    assert (out / "predictions" / "detections.json").is_file()
+    assert len(list((out / "predictions").glob("*.jpg"))) == 4

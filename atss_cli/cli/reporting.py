@@ -11,7 +11,7 @@ class ConsoleReporter:
     def __init__(self, log_interval: int = 20, *, live: bool | None = None):
         from rich.console import Console
 
-        self.console = Console(highlight=False)
+        self.console = Console(highlight=False, soft_wrap=True)
         self.live = sys.stdout.isatty() if live is None else live
         self.log_interval = max(1, log_interval)
         self.progress = None

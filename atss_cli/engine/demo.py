@@ -21,10 +21,10 @@ def demo_config(data_dir: Path, work_dir: Path, *, epochs: int, workers: int) ->
     return TrainConfig(
         coco=str(data_dir), work_dir=str(work_dir), device="cpu",
         depth=18, fpn_channels=64, head_channels=64, stacked_convs=2, frozen_stages=-1, norm_eval=False,
-        scale=(DEMO_SIZE, DEMO_SIZE), flip_prob=0.5, workers=workers,
+        scale=(DEMO_SIZE, DEMO_SIZE), flip_prob=0.5, workers=workers, channels_last=True,
         epochs=epochs, lr=0.02, base_batch=8, batch_per_gpu=8, accumulate=1,
         warmup_iters=40, warmup_ratio=0.1, milestones=(epochs - 2,) if epochs > 3 else (),
-        eval_interval=epochs, checkpoint_interval=epochs, save_every_iters=50, log_interval=10, seed=0,
+        eval_interval=3, checkpoint_interval=epochs, save_every_iters=50, log_interval=10, seed=0,
     )
 
 
@@ -57,7 +57,7 @@ def run_demo(out: Path, reporter, *, train_images: int, val_images: int, epochs:
     images = [val.image_path(i) for i in range(min(4, val.num_images))]
     pred_dir = out / "predictions"
     predict_checkpoint(work_dir / f"epoch_{epochs}.pth", images, pred_dir, coco=data_dir, split="val2017",
-                       device="cpu", score_thr=0.3)
+                       device="cpu", score_thr=0.25)
 
     bench_path = None
     if bench:

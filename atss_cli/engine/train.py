@@ -191,6 +191,9 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
                           f"or in {Path(torch.hub.get_dir()) / 'checkpoints'}); the 1x recipe assumes "
                           "ImageNet weights")
     model.to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if cfg.channels_last:
+        model.to(memory_format=memory_format)
 
     loader, sampler = build_train_loader(
         train_set, batch_per_rank=cfg.batch_per_gpu, world_size=info.world_size, rank=info.rank,
@@ -295,6 +298,7 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
                     batch = next(batches)
                     bad_images += len(batch.get("skipped", ()))
                     images, targets = _to_device(batch, device)
+                    images = images.contiguous(memory_format=memory_format)
                     n_images += images.shape[0]
                     sync = micro == group - 1 or not info.enabled
                     ctx = contextlib.nullcontext() if sync else loss_module.no_sync()
