@@ -1,0 +1,40 @@
+"""The command surface: help is fast and torch-free, usage errors are one line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ["env", "prepare", "train", "eval", "predict", "demo", "bench assigner", "bench model"]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "atss_cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_help_imports_neither_torch_nor_the_extension():
+    code = ("import sys\nfrom atss_cli.cli.main import app, main\n"
+            "rc = main(['--help'])\n"
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('atss_cli._C')]\n"
+            "assert rc == 0 and not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert all(c.split()[0] in proc.stdout for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    proc = run(*command.split(), "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage:" in proc.stdout
+
+
+def test_unknown_command_and_flag_are_one_line_errors():
+    for args in (["frobnicate"], ["eval", "--frobnicate"], ["bench", "nothing"]):
+        proc = run(*args)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
