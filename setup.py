@@ -2,8 +2,10 @@
 
 The CPU kernels always build. The CUDA kernels build when torch is a CUDA build and nvcc is
 found (CUDA_HOME, default /usr/local/cuda), for TORCH_CUDA_ARCH_LIST (default 8.0;9.0), or when
-ATSS_FORCE_CUDA=1. ATSS_NO_EXTENSION=1, or a failed compile, installs the package without the
-extension: the ops then run their pure-PyTorch reference and `atss env` says so.
+ATSS_FORCE_CUDA=1. A failed CUDA compile retries with the CPU kernels only; ATSS_NO_EXTENSION=1,
+or a failed CPU compile, installs the package without the extension: the ops then run their
+pure-PyTorch reference and `atss env` says so. ATSS_REQUIRE_EXTENSION=1 (make test, CI) turns
+any failed compile into an error instead.
 """
 
 import glob
@@ -59,6 +61,8 @@ def _extensions():
         fails, the pure-PyTorch fallback when nothing builds (ATSS_REQUIRE_EXTENSION=1: fail)."""
 
         def run(self):
+            # run() replaces the compiler by an object and clears `inplace`: a retry needs both back.
+            compiler, inplace = self.compiler, self.inplace
             try:
                 super().run()
                 return
@@ -71,7 +75,10 @@ def _extensions():
                     return
                 print(f"WARNING: atss CUDA kernels not built ({exc}); retrying with the CPU kernels only",
                       file=sys.stderr)
-            self.extensions = [cpu_ext]
+            for attr in ("sources", "include_dirs", "library_dirs", "libraries", "define_macros",
+                         "extra_compile_args", "extra_link_args", "runtime_library_dirs"):
+                setattr(ext, attr, getattr(cpu_ext, attr))  # the finalized Extension, CPU only
+            self.compiler, self.inplace = compiler, inplace
             try:
                 super().run()
             except Exception as exc:  # noqa: BLE001

@@ -1,0 +1,1 @@
+"""Benchmarks as importable functions that return rows of numbers; `atss bench ...` renders them."""

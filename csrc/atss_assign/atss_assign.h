@@ -1,0 +1,32 @@
+// atss::atss_assign(Tensor anchors, Tensor valid, int[] level_sizes, Tensor gt_boxes,
+//                   Tensor num_gt, int topk) -> (Tensor assigned, Tensor iou)
+//
+// The ATSS assignment of SPEC.md section 2 for a padded batch. Inputs as topk_candidates
+// (topk_candidates/topk_candidates.h). Per GT: the candidates of step 3; threshold = mean +
+// unbiased std of their IoUs (double, rounded to float; a GT with fewer than 2 candidates
+// gets no positive); positive iff IoU >= threshold and centre inside the GT by > 0.01 px.
+// Step 6 (an anchor positive for several GTs goes to the highest IoU, ties to the lower GT)
+// is an unsigned maximum over 64-bit claims (atss::pack_claim), so the result does not depend
+// on thread order and CPU == CUDA bit for bit.
+// Returns assigned int64 [B, N] (0-based GT index, -1 background, -2 invalid anchor) and
+// iou float32 [B, N] (IoU with the assigned GT, 0 elsewhere).
+// Memory: the outputs (the claims live in `assigned` until decoded), plus O(B * M * L * topk)
+// candidates on CUDA and O(B * L) level counts: never B x N x M.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace atss {
+
+std::tuple<at::Tensor, at::Tensor> atss_assign_cpu(const at::Tensor& anchors, const at::Tensor& valid,
+                                                   at::IntArrayRef level_sizes, const at::Tensor& gt_boxes,
+                                                   const at::Tensor& num_gt, int64_t topk);
+#ifdef ATSS_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> atss_assign_cuda(const at::Tensor& anchors, const at::Tensor& valid,
+                                                    at::IntArrayRef level_sizes, const at::Tensor& gt_boxes,
+                                                    const at::Tensor& num_gt, int64_t topk);
+#endif
+
+}  // namespace atss

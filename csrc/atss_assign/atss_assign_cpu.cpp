@@ -1,0 +1,91 @@
+#include "atss_assign/atss_assign.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+#include "common/atss_candidates.h"
+#include "common/checks.h"
+#include "common/levels_cpu.h"
+
+namespace atss {
+namespace {
+
+inline void claim_max(uint64_t* slot, uint64_t key) {
+  std::atomic_ref<uint64_t> ref(*slot);
+  uint64_t cur = ref.load(std::memory_order_relaxed);
+  while (cur < key && !ref.compare_exchange_weak(cur, key, std::memory_order_relaxed)) {
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> atss_assign_cpu(const at::Tensor& anchors_, const at::Tensor& valid_,
+                                                   at::IntArrayRef level_sizes, const at::Tensor& gt_boxes_,
+                                                   const at::Tensor& num_gt_, int64_t topk) {
+  at::Tensor levels = check_assign_args(anchors_, valid_, level_sizes, gt_boxes_, num_gt_, topk);
+  TORCH_CHECK(gt_boxes_.device().is_cpu(), "atss_assign_cpu: tensors must be on the CPU, got ",
+              gt_boxes_.device());
+  const at::Tensor anchors = anchors_.contiguous(), valid = valid_.contiguous();
+  const at::Tensor gt_boxes = gt_boxes_.contiguous(), num_gt = num_gt_.contiguous();
+  const int64_t b = gt_boxes.size(0), m = gt_boxes.size(1), n = anchors.size(0);
+  const int64_t num_levels = levels.size(0), slots = num_levels * topk;
+  // `assigned` first holds the claims: [b, i] = the best (IoU, GT) claim on anchor i so far,
+  // 0 = none (atss::pack_claim); the last pass decodes them in place.
+  at::Tensor assigned = at::zeros({b, n}, gt_boxes.options().dtype(at::kLong));
+  at::Tensor iou = at::empty({b, n}, gt_boxes.options());
+  auto* keys = reinterpret_cast<uint64_t*>(assigned.data_ptr<int64_t>());
+  const bool* v = valid.data_ptr<bool>();
+
+  if (b > 0 && m > 0 && n > 0) {
+    const float* a = anchors.data_ptr<float>();
+    detect_grids_cpu(a, levels);
+    const at::Tensor counts = count_valid_cpu(valid, levels);
+    const int64_t* lv = levels.data_ptr<int64_t>();
+    const int64_t* cnt = counts.data_ptr<int64_t>();
+    const float* g = gt_boxes.data_ptr<float>();
+    const int64_t* ng = num_gt.data_ptr<int64_t>();
+    at::parallel_for(0, b * m, kGtGrain, [&](int64_t begin, int64_t end) {
+      TopK top;
+      std::vector<int64_t> cand(slots);
+      std::vector<float> ious(slots);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t i = t / m, j = t % m;
+        if (j >= std::clamp<int64_t>(ng[i], 0, m)) continue;
+        const float* gt = g + 4 * t;
+        const float gx = centre_x(gt), gy = centre_y(gt);
+        for (int64_t l = 0; l < num_levels; ++l) {
+          const int k = static_cast<int>(std::min<int64_t>(topk, cnt[i * num_levels + l]));
+          level_candidates(a, v + i * n, lv + l * kLevelFieldsCount, k, static_cast<int>(topk), gx, gy, top,
+                           cand.data() + l * topk);
+        }
+        for (int64_t s = 0; s < slots; ++s) ious[s] = cand[s] >= 0 ? box_iou(a + 4 * cand[s], gt) : 0.0f;
+        int count = 0;
+        const float thr = gt_threshold(cand.data(), static_cast<int>(slots), [&](int s) { return ious[s]; }, &count);
+        if (count < 2) continue;  // a single candidate: undefined std, no positive
+        for (int64_t s = 0; s < slots; ++s) {
+          if (cand[s] >= 0 && is_positive(a, cand[s], gt, thr, ious[s]))
+            claim_max(keys + i * n + cand[s], pack_claim(ious[s], j));
+        }
+      }
+    });
+  }
+
+  int64_t* out_a = assigned.data_ptr<int64_t>();
+  float* out_i = iou.data_ptr<float>();
+  at::parallel_for(0, b * n, kAnchorGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const uint64_t key = keys[t];  // the same memory as out_a[t]: read, then overwrite
+      out_a[t] = !v[t] ? -2 : (key ? claim_gt(key) : -1);
+      out_i[t] = key ? claim_iou(key) : 0.0f;
+    }
+  });
+  return {assigned, iou};
+}
+
+}  // namespace atss
+
+TORCH_LIBRARY_IMPL(atss, CPU, m) { m.impl("atss_assign", &atss::atss_assign_cpu); }
