@@ -20,7 +20,10 @@ def console():
     """The Rich console for user-facing output (stdout); quiet progress when not a TTY."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        out.width = max(out.width, 150)  # logs and pipes: do not squash tables to 80 columns
+    return out
 
 
 def fail(message: str) -> NoReturn:

@@ -28,6 +28,11 @@ def demo_command(
     result = run_demo(out, reporter, train_images=train_images, val_images=val_images, epochs=epochs,
                       workers=workers, bench=bench)
     m = result["metrics"]
+    if result["bench_result"] is not None:
+        from atss_cli.cli.bench_assigner import print_result
+        from atss_cli.cli.common import console
+
+        print_result(console(), result["bench_result"])
     typer.echo(f"dataset:      {result['data']}")
     typer.echo(f"training run: {result['work_dir']} (checkpoints, metrics.jsonl, curves.png)")
     typer.echo(f"predictions:  {result['predictions']}")

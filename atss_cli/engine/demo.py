@@ -59,16 +59,23 @@ def run_demo(out: Path, reporter, *, train_images: int, val_images: int, epochs:
     predict_checkpoint(work_dir / f"epoch_{epochs}.pth", images, pred_dir, coco=data_dir, split="val2017",
                        device="cpu", score_thr=0.25)
 
-    bench_path = None
+    bench_path = bench_result = None
     if bench:
-        from atss_cli.benchmarks.assigner import run_benchmark, write_json
+        import json
 
-        rows = run_benchmark(quick=True)
+        from atss_cli.benchmarks import assigner
+        from atss_cli.engine.checkpoint import atomic_write_text
+
+        settings = assigner.Settings(batches=assigner.QUICK_BATCHES, num_gts=assigner.QUICK_NUM_GTS,
+                                     repeats=5, warmup=1)
+        bench_result = assigner.run(settings)
         bench_path = out / "bench_assigner.json"
-        write_json(rows, bench_path)
+        atomic_write_text(bench_path, json.dumps(bench_result, indent=2) + "\n")
+        atomic_write_text(out / "bench_assigner.md", assigner.markdown_table(bench_result))
 
     return {
         "data": data_dir, "work_dir": work_dir, "predictions": pred_dir, "bench": bench_path,
+        "bench_result": bench_result,
         "metrics": metrics, "val_images": val.num_images, "seconds": time.perf_counter() - start,
         "train": summary,
     }
