@@ -113,6 +113,33 @@ def test_sigkill_then_resume_gives_the_same_losses(coco, tmp_path):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6), ra["iteration"]
 
 
+def test_ctrl_c_saves_the_position_and_the_same_command_resumes(coco, tmp_path):
+    common = ["--device", "cpu", "--epochs", 3, "--batch-per-gpu", 2, "--accumulate", 1, "--lr", 0.01,
+              "--eval-interval", 0, *TINY, "--set", "save_every_iters=0"]
+    work = tmp_path / "interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "atss_cli", "train", "--coco", str(coco), "--work-dir",
+                              str(work), *map(str, common)], cwd=ROOT, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = work / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        if child.poll() is not None:
+            pytest.fail("training finished before it could be interrupted")
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted at iteration"), err
+    assert "Traceback" not in err
+    state = torch.load(work / "latest.pth", weights_only=False)
+    assert state["iteration"] == train_records(work)[-1]["iteration"]  # saved exactly where it stopped
+    resumed = atss("train", "--coco", coco, "--work-dir", work, *common)
+    assert resumed.returncode == 0, resumed.stderr
+    per_epoch = json.loads((work / "config.json").read_text())["derived"]["iters_per_epoch"]
+    assert [r["iteration"] for r in train_records(work)] == list(range(1, 3 * per_epoch + 1))
+
+
 def test_two_gloo_processes_match_one_process(coco, tmp_path):
     # BatchNorm frozen (norm_eval) so that per-process batch statistics do not differ.
     common = ["--device", "cpu", "--epochs", 1, "--accumulate", 1, "--lr", 0.01, "--eval-interval", 0,
