@@ -24,6 +24,7 @@ import sys
 import torch
 
 from atss_cli import ops
+from atss_cli.benchmarks import cpu_name
 from atss_cli.ops import scenes
 
 DEFAULT_BATCHES = (2, 16)
@@ -68,17 +69,6 @@ class Settings:
     reference_seconds: float = 30.0  # skip a reference case whose single call would take longer
     reference_memory_gb: float = 4.0  # ... or need more memory than this
     case_seconds: float = 20.0  # fewer repeats (at least 3) where a case would take longer
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(settings: Settings) -> dict:

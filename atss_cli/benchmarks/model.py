@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from atss_cli.benchmarks import cpu_name
+
 MODES = ("forward", "train", "predict")
 DEFAULT_SIZES = ((1333, 800), (640, 480))  # (w, h) before padding
 
@@ -59,19 +61,8 @@ def environment(devices: Sequence[str] = ()) -> dict:
         if d.startswith("cuda"):
             env["devices"][d] = torch.cuda.get_device_name(torch.device(d))
         else:
-            env["devices"][d] = _cpu_name()
+            env["devices"][d] = cpu_name()
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def resolve_devices(device: str) -> list[str]:

@@ -9,13 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from atss_cli.cli.common import Device, JsonOut, console
-
-
-class Amp(str, enum.Enum):
-    none = "none"
-    bf16 = "bf16"
-    fp16 = "fp16"
+from atss_cli.cli.common import Amp, Device, JsonOut, console
 
 
 class Mode(str, enum.Enum):

@@ -65,6 +65,12 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
+class Amp(str, enum.Enum):
+    none = "none"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class Backend(str, enum.Enum):
     auto = "auto"
     extension = "extension"

@@ -15,18 +15,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from atss_cli.cli.common import Device, fail
+from atss_cli.cli.common import Amp, Device, fail
 
 
 class Evaluator(str, enum.Enum):
     faster = "faster-coco-eval"
     pycocotools = "pycocotools"
-
-
-class Amp(str, enum.Enum):
-    none = "none"
-    bf16 = "bf16"
-    fp16 = "fp16"
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

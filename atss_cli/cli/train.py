@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from atss_cli.cli.common import Device, fail
-
-
-class Amp(str, enum.Enum):
-    none = "none"
-    bf16 = "bf16"
-    fp16 = "fp16"
+from atss_cli.cli.common import Amp, Device, fail
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

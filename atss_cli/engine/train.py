@@ -23,7 +23,7 @@ from typing import Protocol
 
 import torch
 
-from atss_cli.config import TrainConfig, to_json
+from atss_cli.config import TrainConfig
 from atss_cli.engine import checkpoint as ckpt_io
 from atss_cli.engine import distributed
 from atss_cli.engine.schedule import accumulation_steps, learning_rate

@@ -114,7 +114,6 @@ def atss_losses(cls_scores: Sequence[torch.Tensor], bbox_preds: Sequence[torch.T
     cls = flatten_levels(cls_scores).float()                  # [B, N, C]
     box = flatten_levels(bbox_preds).float()                  # [B, N, 4]
     ctr = flatten_levels(centernesses).float()[..., 0]        # [B, N]
-    num_classes = cls.shape[-1]
 
     pos = assigned >= 0                                       # [B, N]
     valid = assigned != -2                                    # [B, N]: ignored anchors have no loss
