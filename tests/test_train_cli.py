@@ -71,11 +71,38 @@ def test_short_run_writes_checkpoints_logs_and_curves(coco, tmp_path):
     model = build_atss(num_classes=config["derived"]["num_classes"], depth=18, fpn_channels=32,
                        head_channels=64, stacked_convs=1)
     load_checkpoint(model, work / "epoch_2.pth")
-    # A second run of the same command finds the finished run and does not train again.
+    # A second run of the same command finds the finished run and does not train again; an
+    # evaluation that a kill cut short (its record missing) is run then.
+    lines = (work / "metrics.jsonl").read_text().splitlines()
+    (work / "metrics.jsonl").write_text("".join(
+        line + "\n" for line in lines if not (json.loads(line)["kind"] == "val" and json.loads(line)["epoch"] == 2)))
     again = atss("train", "--coco", coco, "--work-dir", work, "--device", "cpu", "--epochs", 2,
                  "--batch-per-gpu", 2, "--accumulate", 1, "--lr", 0.01, *TINY)
     assert again.returncode == 0, again.stderr
     assert len(train_records(work)) == 2 * per_epoch
+    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == [1, 2]
+
+
+def test_resume_refuses_another_model_and_no_resume_keeps_the_old_run(coco, tmp_path):
+    work = tmp_path / "run"
+    common = ["--device", "cpu", "--batch-per-gpu", 2, "--accumulate", 1, "--eval-interval", 0, *TINY]
+    first = atss("train", "--coco", coco, "--work-dir", work, "--epochs", 1, *common)
+    assert first.returncode == 0, first.stderr
+    other = atss("train", "--coco", coco, "--work-dir", work, "--epochs", 2, *common, "--set", "stacked_convs=2")
+    assert other.returncode == 2
+    assert "stacked_convs=1" in other.stderr and "--no-resume" in other.stderr, other.stderr
+    fresh = atss("train", "--coco", coco, "--work-dir", work, "--epochs", 1, "--no-resume", *common,
+                 "--set", "stacked_convs=2")
+    assert fresh.returncode == 0, fresh.stderr
+    archives = list(work.glob("previous_run_*"))
+    assert len(archives) == 1
+    kept = archives[0]
+    assert (kept / "latest.pth").is_file() and (kept / "epoch_1.pth").is_file() and (kept / "metrics.jsonl").is_file()
+    assert torch.load(kept / "latest.pth", weights_only=False)["config"]["stacked_convs"] == 1
+    assert torch.load(work / "latest.pth", weights_only=False)["config"]["stacked_convs"] == 2
+    per_epoch = json.loads((work / "config.json").read_text())["derived"]["iters_per_epoch"]
+    assert [r["iteration"] for r in train_records(work)] == list(range(1, per_epoch + 1))
 
 
 def test_sigkill_then_resume_gives_the_same_losses(coco, tmp_path):

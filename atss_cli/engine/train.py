@@ -128,6 +128,44 @@ def _read_records(path: Path) -> list[dict]:
     return records
 
 
+RUN_FILES = ("latest.pth", "config.json", "metrics.jsonl", "curves.png")
+ARCH_FIELDS = ("depth", "fpn_channels", "head_channels", "stacked_convs")
+
+
+def _archive_previous_run(work: Path) -> Path | None:
+    """Move an earlier run's files aside (never delete them) so a fresh start does not mix with it."""
+    files = [work / n for n in RUN_FILES if (work / n).exists()] + sorted(work.glob("epoch_*.pth"))
+    files += sorted(work.glob("results_epoch_*.json"))
+    if not files:
+        return None
+    archive = work / time.strftime("previous_run_%Y%m%d-%H%M%S")
+    archive.mkdir()
+    for f in files:
+        f.rename(archive / f.name)
+    return archive
+
+
+def _check_resumable(state: dict, cfg: TrainConfig, global_batch: int, latest: Path) -> list[str]:
+    """Refuse a resume that cannot continue the same run; return the config fields that changed."""
+    saved = state.get("config") or {}
+    for key in ARCH_FIELDS:
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise AtssError(f"{latest} is a run with {key}={saved[key]}, this command asks {key}={getattr(cfg, key)}; "
+                            "use another --work-dir, or --no-resume to start afresh (the old run is kept)")
+    if state["step"] > 0 and state.get("global_batch", global_batch) != global_batch:
+        raise AtssError(f"{latest} stopped inside an epoch with {state['global_batch']} images per step; this "
+                        f"command has {global_batch} (processes x --batch-per-gpu): resume with the same "
+                        "layout, or start from its weights with --load-from in another --work-dir")
+    ignore = {"work_dir", "coco", "cache_dir", "workers", "log_interval", "max_iters", "eval_interval",
+              "pretrained", "load_from", "device"}
+    return sorted(k for k, v in saved.items() if k not in ignore and k in cfg.to_dict()
+                  and _plain(v) != _plain(getattr(cfg, k)))
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
 def _truncate_metrics(path: Path, pos: Position) -> None:
     """Drop records written after the checkpoint we resume from, so the log reads as one run."""
     keep = [r for r in _read_records(path)
@@ -220,8 +258,12 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
 
     pos = Position()
     latest = work / ckpt_io.LATEST
+    global_batch = cfg.batch_per_gpu * info.world_size
     if resume and latest.exists():
         state = ckpt_io.load_resume(latest)
+        changed = _check_resumable(state, cfg, global_batch, latest)
+        if changed:
+            reporter.info(f"resuming with changed settings: {', '.join(changed)}")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -233,6 +275,11 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
         if info.is_main:
             _truncate_metrics(work / "metrics.jsonl", pos)
         reporter.info(f"resumed from {latest}: epoch {pos.epoch + 1}, iteration {pos.iteration}")
+    elif info.is_main:
+        archive = _archive_previous_run(work)
+        if archive is not None:
+            reporter.info(f"starting afresh; the earlier run's files are kept in {archive}")
+    distributed.barrier()
 
     derived = {"world_size": info.world_size, "accumulate": accumulate, "total_batch": total_batch,
                "lr": base_lr, "iters_per_epoch": iters_per_epoch, "total_iters": total_iters,
@@ -265,6 +312,7 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "epoch": position.epoch, "step": position.step, "iteration": position.iteration,
+            "global_batch": global_batch,
             "sampler": {"epoch": position.epoch, "step": position.step}, "rng": rng,
             "world_size": info.world_size, "config": cfg.to_dict(), "categories": list(train_set.categories),
             "meta": {"derived": derived,
@@ -278,6 +326,30 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
 
     reporter.start(total_iters=total_iters, start_iter=pos.iteration, iters_per_epoch=iters_per_epoch)
     last_metrics: dict = {}
+
+    def run_evaluation(epoch: int) -> dict:
+        metrics = _evaluate(model, val_set, cfg, device, work, epoch, info)
+        record = {"kind": "val", "epoch": epoch, "iteration": pos.iteration, **metrics}
+        if info.is_main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for key, value in metrics.items():
+                    if isinstance(value, (int, float)):
+                        writer.add_scalar(f"val/{key}", value, pos.iteration)
+        reporter.evaluated(record)
+        model.train()
+        return metrics
+
+    def evaluation_due(epoch: int) -> bool:
+        return bool(val_set is not None and cfg.eval_interval and epoch > 0
+                    and (epoch % cfg.eval_interval == 0 or epoch == cfg.epochs))
+
+    if pos.step == 0 and evaluation_due(pos.epoch):
+        # Resumed from an epoch checkpoint whose evaluation was cut short: run it now.
+        done_evals = {r["epoch"] for r in _read_records(metrics_path) if r.get("kind") == "val"}
+        if pos.epoch not in distributed.broadcast_object(done_evals):
+            last_metrics = run_evaluation(pos.epoch)
     model.train()
     window_start, window_images = time.perf_counter(), 0
     done = pos.iteration >= total_iters
@@ -352,23 +424,11 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
             save(pos, epoch_file=False)
             break
         finished_epoch = pos.epoch + 1
-        evaluate_now = val_set is not None and cfg.eval_interval and (
-            finished_epoch % cfg.eval_interval == 0 or finished_epoch == cfg.epochs)
         pos = Position(epoch=finished_epoch, step=0, iteration=pos.iteration)
         save(pos, epoch_file=cfg.checkpoint_interval > 0 and (
             finished_epoch % cfg.checkpoint_interval == 0 or finished_epoch == cfg.epochs))
-        if evaluate_now:
-            last_metrics = _evaluate(model, val_set, cfg, device, work, finished_epoch, info)
-            record = {"kind": "val", "epoch": finished_epoch, "iteration": pos.iteration, **last_metrics}
-            if info.is_main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if writer is not None:
-                    for key, value in last_metrics.items():
-                        if isinstance(value, (int, float)):
-                            writer.add_scalar(f"val/{key}", value, pos.iteration)
-            reporter.evaluated(record)
-            model.train()
+        if evaluation_due(finished_epoch):
+            last_metrics = run_evaluation(finished_epoch)
         if info.is_main:
             _draw_curves(metrics_path, work / "curves.png")
         if pos.iteration >= total_iters:
