@@ -59,7 +59,8 @@ class ConsoleReporter:
 
     def evaluated(self, r: dict) -> None:
         keys = [k for k in ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l") if k in r]
-        text = " ".join(f"{k}={r[k]:.4f}" for k in keys)
+        # COCOeval reports -1 for an area range without ground truth.
+        text = " ".join(f"{k}={r[k]:.4f}" if r[k] >= 0 else f"{k}=n/a" for k in keys)
         self.console.print(f"epoch {r['epoch']} val: {text}")
 
     def close(self) -> None:
