@@ -140,21 +140,24 @@ def test_sigkill_then_resume_gives_the_same_losses(coco, tmp_path):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6), ra["iteration"]
 
 
-def test_ctrl_c_saves_the_position_and_the_same_command_resumes(coco, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_saves_the_position_and_the_same_command_resumes(coco, tmp_path, sig):
     common = ["--device", "cpu", "--epochs", 3, "--batch-per-gpu", 2, "--accumulate", 1, "--lr", 0.01,
               "--eval-interval", 0, *TINY, "--set", "save_every_iters=0"]
     work = tmp_path / "interrupted"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A background job (as CI may run us) inherits SIGINT ignored; a user's terminal does not.
     child = subprocess.Popen([sys.executable, "-m", "atss_cli", "train", "--coco", str(coco), "--work-dir",
                               str(work), *map(str, common)], cwd=ROOT, env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = work / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
         if child.poll() is not None:
             pytest.fail("training finished before it could be interrupted")
         time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(sig)
     _, err = child.communicate(timeout=120)
     assert child.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("error: interrupted at iteration"), err

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,12 +184,23 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, resume: bool = 
     reporter = reporter or SilentReporter()
     device_type = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
     info = distributed.init_from_env(device_type)
+    # A scheduler's SIGTERM (preemption) stops a single-process run like Ctrl-C: save, then exit.
+    # Under torchrun the agent owns SIGTERM and stops every rank together.
+    previous = None
+    if not info.enabled and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return _train(cfg, reporter, info, resume, build_train_loader, load_split, build_atss,
                       load_backbone, load_checkpoint)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         reporter.close()
         distributed.shutdown()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_atss, load_backbone, load_checkpoint):
@@ -300,9 +313,10 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
     metrics_path = work / "metrics.jsonl"
     bad_images = 0
 
-    def save(position: Position, *, epoch_file: bool) -> None:
+    def save(position: Position, *, epoch_file: bool, collective: bool = True) -> None:
+        # After an interrupt the other ranks may be gone: no collective call then.
         rng = ckpt_io.rng_state()
-        if info.enabled:
+        if info.enabled and collective:
             gathered = [None] * info.world_size
             torch.distributed.all_gather_object(gathered, rng)
             rng = gathered
@@ -415,7 +429,7 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
                 if cfg.save_every_iters and pos.iteration % cfg.save_every_iters == 0 and pos.step < steps_per_epoch:
                     save(pos, epoch_file=False)
         except KeyboardInterrupt:
-            save(pos, epoch_file=False)
+            save(pos, epoch_file=False, collective=False)
             raise TrainingInterrupted(f"interrupted at iteration {pos.iteration}; checkpoint saved to {latest}; "
                                       "run the same command to resume") from None
 
