@@ -367,10 +367,10 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
     model.train()
     window_start, window_images = time.perf_counter(), 0
     done = pos.iteration >= total_iters
-    while not done and pos.epoch < cfg.epochs:
-        sampler.load_state_dict({"epoch": pos.epoch, "step": pos.step})
-        batches = iter(loader)
-        try:
+    try:
+        while not done and pos.epoch < cfg.epochs:
+            sampler.load_state_dict({"epoch": pos.epoch, "step": pos.step})
+            batches = iter(loader)
             while pos.step < steps_per_epoch and pos.iteration < total_iters:
                 group = min(accumulate, steps_per_epoch - pos.step)
                 lr = learning_rate(base_lr, iteration=pos.iteration, epoch=pos.epoch,
@@ -428,26 +428,27 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
                 reporter.iteration(record)
                 if cfg.save_every_iters and pos.iteration % cfg.save_every_iters == 0 and pos.step < steps_per_epoch:
                     save(pos, epoch_file=False)
-        except KeyboardInterrupt:
-            save(pos, epoch_file=False, collective=False)
-            raise TrainingInterrupted(f"interrupted at iteration {pos.iteration}; checkpoint saved to {latest}; "
-                                      "run the same command to resume") from None
 
-        if pos.step < steps_per_epoch:
-            # Stopped by max_iters inside the epoch: keep the exact position.
-            save(pos, epoch_file=False)
-            break
-        finished_epoch = pos.epoch + 1
-        pos = Position(epoch=finished_epoch, step=0, iteration=pos.iteration)
-        save(pos, epoch_file=cfg.checkpoint_interval > 0 and (
-            finished_epoch % cfg.checkpoint_interval == 0 or finished_epoch == cfg.epochs))
-        if evaluation_due(finished_epoch):
-            last_metrics = run_evaluation(finished_epoch)
-        if info.is_main:
-            _draw_curves(metrics_path, work / "curves.png")
-        if pos.iteration >= total_iters:
-            break
-        distributed.barrier()
+            if pos.step < steps_per_epoch:
+                # Stopped by max_iters inside the epoch: keep the exact position.
+                save(pos, epoch_file=False)
+                break
+            finished_epoch = pos.epoch + 1
+            pos = Position(epoch=finished_epoch, step=0, iteration=pos.iteration)
+            save(pos, epoch_file=cfg.checkpoint_interval > 0 and (
+                finished_epoch % cfg.checkpoint_interval == 0 or finished_epoch == cfg.epochs))
+            if evaluation_due(finished_epoch):
+                last_metrics = run_evaluation(finished_epoch)
+            if info.is_main:
+                _draw_curves(metrics_path, work / "curves.png")
+            if pos.iteration >= total_iters:
+                break
+            distributed.barrier()
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM anywhere in the loop: `pos` is the last completed iteration (or epoch end).
+        save(pos, epoch_file=False, collective=False)
+        raise TrainingInterrupted(f"interrupted at iteration {pos.iteration}; checkpoint saved to {latest}; "
+                                  "run the same command to resume") from None
 
     if writer is not None:
         writer.close()
