@@ -83,3 +83,29 @@ ExistingDir = Annotated[
 JsonOut = Annotated[
     Path | None, typer.Option("--json", help="Also write the result as JSON to this path.", dir_okay=False)
 ]
+
+
+def process_plan(gpus: int | None, nproc: int, device: Device) -> tuple[int, str]:
+    """How many processes and on which device, from --gpus / --nproc / --device (train and eval)."""
+    if gpus is not None and device is Device.cpu:
+        fail("--gpus needs CUDA; use --device cpu --nproc N for CPU processes")
+    if gpus is not None and nproc != 1:
+        fail("give either --gpus (CUDA) or --nproc (CPU), not both")
+    import torch
+
+    if gpus is not None:
+        have = torch.cuda.device_count()
+        if gpus > have:
+            fail(f"--gpus {gpus}: this machine has {have} CUDA device(s)")
+        return gpus, "cuda"
+    if device is Device.cuda:
+        if not torch.cuda.is_available():
+            fail("--device cuda: torch sees no CUDA device")
+        if nproc > 1:
+            fail("--nproc is for --device cpu; use --gpus N for CUDA processes")
+        return 1, "cuda"
+    if device is Device.cpu or not torch.cuda.is_available():
+        return nproc, "cpu"
+    if nproc > 1:
+        fail("--nproc is for --device cpu; use --gpus N for CUDA processes")
+    return 1, "cuda"

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from atss_cli.cli.common import Amp, Device, fail
+from atss_cli.cli.common import Amp, Device, fail, process_plan
 
 
 class Evaluator(str, enum.Enum):
@@ -84,7 +84,7 @@ def eval_command(
     procs = 1
     dev = device.value
     if not in_worker:
-        procs, dev = _process_plan(gpus, nproc, device)
+        procs, dev = process_plan(gpus, nproc, device)
     overrides = {"depth": depth, "fpn_channels": fpn_channels, "head_channels": head_channels,
                  "stacked_convs": stacked_convs}
     if procs > 1:
@@ -138,32 +138,6 @@ def _write_metrics(json_out: Path | None, metrics: dict) -> None:
 
         write_json_atomic(json_out, metrics, indent=2)
         typer.echo(f"metrics: {json_out}")
-
-
-def _process_plan(gpus: int | None, nproc: int, device: Device) -> tuple[int, str]:
-    """How many processes and which device: the same rules as `atss train`."""
-    if gpus is not None and device is Device.cpu:
-        fail("--gpus needs CUDA; use --device cpu --nproc N for CPU processes")
-    if gpus is not None and nproc != 1:
-        fail("give either --gpus (CUDA) or --nproc (CPU), not both")
-    import torch
-
-    if gpus is not None:
-        have = torch.cuda.device_count()
-        if gpus > have:
-            fail(f"--gpus {gpus}: this machine has {have} CUDA device(s)")
-        return gpus, "cuda"
-    if device is Device.cuda:
-        if not torch.cuda.is_available():
-            fail("--device cuda: torch sees no CUDA device")
-        if nproc > 1:
-            fail("--nproc is for --device cpu; use --gpus N for CUDA processes")
-        return 1, "cuda"
-    if device is Device.cpu or not torch.cuda.is_available():
-        return nproc, "cpu"
-    if nproc > 1:
-        fail("--nproc is for --device cpu; use --gpus N for CUDA processes")
-    return 1, "cuda"
 
 
 def _worker_args(a: dict) -> list[str]:

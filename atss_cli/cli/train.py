@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from atss_cli.cli.common import Amp, Device, fail
+from atss_cli.cli.common import Amp, Device, process_plan
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -59,29 +59,7 @@ def train_command(
     if load_from is not None:
         flags["load_from"] = str(load_from)
 
-    if gpus is not None and device is Device.cpu:
-        fail("--gpus needs CUDA; use --device cpu --nproc N for CPU processes")
-    if gpus is not None and nproc != 1:
-        fail("give either --gpus (CUDA) or --nproc (CPU), not both")
-    import torch
-
-    if gpus is not None:
-        have = torch.cuda.device_count()
-        if gpus > have:
-            fail(f"--gpus {gpus}: this machine has {have} CUDA device(s)")
-        flags["device"] = "cuda"
-        procs = gpus
-    elif device is Device.cuda:
-        if not torch.cuda.is_available():
-            fail("--device cuda: torch sees no CUDA device")
-        flags["device"] = "cuda"
-        procs = nproc
-    elif device is Device.cpu or not torch.cuda.is_available():
-        flags["device"] = "cpu"
-        procs = nproc
-    else:
-        flags["device"] = "cuda"
-        procs = nproc
+    procs, flags["device"] = process_plan(gpus, nproc, device)
 
     cfg = apply_overrides(TrainConfig().replace(**flags), set_ or [])
     validate(cfg)
