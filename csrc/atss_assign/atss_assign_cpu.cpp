@@ -56,12 +56,7 @@ std::tuple<at::Tensor, at::Tensor> atss_assign_cpu(const at::Tensor& anchors_, c
         const int64_t i = t / m, j = t % m;
         if (j >= std::clamp<int64_t>(ng[i], 0, m)) continue;
         const float* gt = g + 4 * t;
-        const float gx = centre_x(gt), gy = centre_y(gt);
-        for (int64_t l = 0; l < num_levels; ++l) {
-          const int k = static_cast<int>(std::min<int64_t>(topk, cnt[i * num_levels + l]));
-          level_candidates(a, v + i * n, lv + l * kLevelFieldsCount, k, static_cast<int>(topk), gx, gy, top,
-                           cand.data() + l * topk);
-        }
+        gt_candidates_cpu(a, v + i * n, lv, cnt + i * num_levels, num_levels, topk, gt, top, cand.data());
         for (int64_t s = 0; s < slots; ++s) ious[s] = cand[s] >= 0 ? box_iou(a + 4 * cand[s], gt) : 0.0f;
         int count = 0;
         const float thr = gt_threshold(cand.data(), static_cast<int>(slots), [&](int s) { return ious[s]; }, &count);

@@ -51,6 +51,19 @@ inline void detect_grids_cpu(const float* anchors, at::Tensor& levels) {
   }
 }
 
+// One GT's candidates on every level into out[L * topk] (nearest first, -1 padded): the step that
+// topk_candidates and atss_assign share on the CPU.
+inline void gt_candidates_cpu(const float* anchors, const bool* valid_img, const int64_t* levels,
+                              const int64_t* counts_img, int64_t num_levels, int64_t topk, const float* gt,
+                              TopK& top, int64_t* out) {
+  const float gx = centre_x(gt), gy = centre_y(gt);
+  for (int64_t l = 0; l < num_levels; ++l) {
+    const int k = static_cast<int>(std::min<int64_t>(topk, counts_img[l]));
+    level_candidates(anchors, valid_img, levels + l * kLevelFieldsCount, k, static_cast<int>(topk), gx, gy, top,
+                     out + l * topk);
+  }
+}
+
 // int64 [B, L]: valid anchors of each level in each image.
 inline at::Tensor count_valid_cpu(const at::Tensor& valid, const at::Tensor& levels) {
   const int64_t b = valid.size(0), n = valid.size(1), num_levels = levels.size(0);

@@ -39,12 +39,7 @@ at::Tensor topk_candidates_cpu(const at::Tensor& anchors_, const at::Tensor& val
       const int64_t i = t / m, j = t % m;
       if (j >= std::clamp<int64_t>(ng[i], 0, m)) continue;
       const float* gt = g + 4 * t;
-      const float gx = centre_x(gt), gy = centre_y(gt);
-      for (int64_t l = 0; l < num_levels; ++l) {
-        const int k = static_cast<int>(std::min<int64_t>(topk, cnt[i * num_levels + l]));
-        level_candidates(a, v + i * n, lv + l * kLevelFieldsCount, k, static_cast<int>(topk), gx, gy, top,
-                         o + t * slots + l * topk);
-      }
+      gt_candidates_cpu(a, v + i * n, lv, cnt + i * num_levels, num_levels, topk, gt, top, o + t * slots);
     }
   });
   return out;
