@@ -71,15 +71,6 @@ class Amp(str, enum.Enum):
     fp16 = "fp16"
 
 
-class Backend(str, enum.Enum):
-    auto = "auto"
-    extension = "extension"
-    reference = "reference"
-
-
-ExistingDir = Annotated[
-    Path, typer.Option(exists=True, file_okay=False, dir_okay=True, resolve_path=True)
-]
 JsonOut = Annotated[
     Path | None, typer.Option("--json", help="Also write the result as JSON to this path.", dir_okay=False)
 ]
