@@ -9,7 +9,7 @@ import enum
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -70,6 +70,13 @@ class Amp(str, enum.Enum):
     bf16 = "bf16"
     fp16 = "fp16"
 
+
+# The model architecture options of commands that load a checkpoint (eval, predict): given
+# flags override the checkpoint's saved config, which overrides the R50 defaults.
+Depth = Annotated[Optional[int], typer.Option("--depth", help="ResNet depth (default: checkpoint config, else 50).")]
+FpnChannels = Annotated[Optional[int], typer.Option("--fpn-channels", min=1)]
+HeadChannels = Annotated[Optional[int], typer.Option("--head-channels", min=1)]
+StackedConvs = Annotated[Optional[int], typer.Option("--stacked-convs", min=1)]
 
 JsonOut = Annotated[
     Path | None, typer.Option("--json", help="Also write the result as JSON to this path.", dir_okay=False)

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from atss_cli.cli.common import Amp, Device, fail, process_plan
+from atss_cli.cli.common import Amp, Depth, Device, FpnChannels, HeadChannels, StackedConvs, fail, process_plan
 
 
 class Evaluator(str, enum.Enum):
@@ -37,11 +37,10 @@ def eval_command(
         "--detections", help="Score this COCO results file instead of running a model.", exists=True,
         dir_okay=False, resolve_path=True)] = None,
     split: Annotated[str, typer.Option("--split", help="Image folder and annotation suffix.")] = "val2017",
-    depth: Annotated[Optional[int], typer.Option(
-        "--depth", help="ResNet depth (default: checkpoint config, else 50).")] = None,
-    fpn_channels: Annotated[Optional[int], typer.Option("--fpn-channels", min=1)] = None,
-    head_channels: Annotated[Optional[int], typer.Option("--head-channels", min=1)] = None,
-    stacked_convs: Annotated[Optional[int], typer.Option("--stacked-convs", min=1)] = None,
+    depth: Depth = None,
+    fpn_channels: FpnChannels = None,
+    head_channels: HeadChannels = None,
+    stacked_convs: StackedConvs = None,
     evaluator: Annotated[Evaluator, typer.Option(
         "--evaluator", help="faster-coco-eval or pycocotools.")] = Evaluator.faster,
     json_out: Annotated[Optional[Path], typer.Option(

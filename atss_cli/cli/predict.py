@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from atss_cli.cli.common import Device, fail
+from atss_cli.cli.common import Depth, Device, FpnChannels, HeadChannels, StackedConvs, fail
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -27,11 +27,10 @@ def predict_command(
         "--coco", exists=True, file_okay=False, resolve_path=True,
         help="Take class names from this COCO root's --split (default: the checkpoint's, else COCO's 80).")] = None,
     split: Annotated[str, typer.Option("--split", help="Split whose categories name the classes.")] = "val2017",
-    depth: Annotated[Optional[int], typer.Option(
-        "--depth", help="ResNet depth (default: checkpoint config, else 50).")] = None,
-    fpn_channels: Annotated[Optional[int], typer.Option("--fpn-channels", min=1)] = None,
-    head_channels: Annotated[Optional[int], typer.Option("--head-channels", min=1)] = None,
-    stacked_convs: Annotated[Optional[int], typer.Option("--stacked-convs", min=1)] = None,
+    depth: Depth = None,
+    fpn_channels: FpnChannels = None,
+    head_channels: HeadChannels = None,
+    stacked_convs: StackedConvs = None,
     device: Annotated[Device, typer.Option("--device", help="auto, cpu or cuda.")] = Device.auto,
     scale: Annotated[Optional[str], typer.Option("--scale", help="Test resize LONG,SHORT (default: checkpoint "
                                                                  "config, else 1333,800).")] = None,

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -67,12 +64,9 @@ def _progress_bar(description: str, enabled: bool):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    from atss_cli.atomic import atomic_write_json
+
+    atomic_write_json(path, data, indent=2)
 
 
 def _print_report(console, result: dict) -> None:

@@ -72,7 +72,7 @@ def train_command(
         _print_summary(summary)
         return
 
-    from atss_cli.engine.checkpoint import atomic_write_text
+    from atss_cli.atomic import atomic_write_text
     from atss_cli.engine.distributed import launch
 
     request = work_dir / "launch_config.json"

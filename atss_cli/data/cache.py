@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atss_cli.atomic import atomic_write_text
 from atss_cli.data.coco import MIN_TRAIN_SIDE, ParsedSplit, load_json, parse_coco
 from atss_cli.errors import AtssError
 
@@ -196,21 +197,8 @@ def is_fresh(split_dir: Path, ann_file: Path) -> bool:
         return False
     meta["source"] = {**src, **now}
     with contextlib.suppress(OSError):
-        _write_text_atomic(split_dir / "meta.json", json.dumps(meta, indent=1))
+        atomic_write_text(split_dir / "meta.json", json.dumps(meta, indent=1))
     return True
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
 
 def parse_file(ann_file: Path) -> tuple[ParsedSplit, dict]:
     """Read, hash and parse `ann_file`; returns the arrays and the source fingerprint."""

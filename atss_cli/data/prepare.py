@@ -22,7 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from atss_cli.data.cache import CocoCache, check_split, ensure_cache, resolve_cache_root, _write_text_atomic
+from atss_cli.atomic import atomic_write_text
+from atss_cli.data.cache import CocoCache, check_split, ensure_cache, resolve_cache_root
 from atss_cli.errors import AtssError
 
 _EXAMPLES = 10
@@ -50,15 +51,15 @@ def _image_list(coco_root: Path, split: str, names: list[str], cache_root: Path)
             return {"path": str(target), "status": "exists"}
         if not (ours.exists() and ours.read_text() == text):
             cache_root.mkdir(parents=True, exist_ok=True)
-            _write_text_atomic(ours, text)
+            atomic_write_text(ours, text)
         return {"path": str(ours), "status": "differs",
                 "note": f"{target} differs from the annotation file's images; ours is {ours}"}
     if os.access(coco_root, os.W_OK):
-        _write_text_atomic(target, text)
+        atomic_write_text(target, text)
         return {"path": str(target), "status": "written"}
     if not (ours.exists() and ours.read_text() == text):
         cache_root.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(ours, text)
+        atomic_write_text(ours, text)
     return {"path": str(ours), "status": "read-only", "note": f"{coco_root} is read-only; the list is {ours}"}
 
 

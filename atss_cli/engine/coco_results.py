@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from atss_cli.atomic import atomic_write_json
 
 COCO_CATEGORIES_FILE = Path(__file__).with_name("coco_categories.json")
 
@@ -84,23 +85,8 @@ def detections_to_coco(image_id: int, boxes, scores, labels,
 
 
 def write_json_atomic(path: str | os.PathLike, obj, *, indent: int | None = None) -> Path:
-    """Write `obj` as JSON to `path` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=indent)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    """Write `obj` as JSON to `path` atomically (atss_cli.atomic)."""
+    return atomic_write_json(path, obj, indent=indent)
 
 
 def load_coco_categories() -> list[dict]:

@@ -64,7 +64,7 @@ def run_demo(out: Path, reporter, *, train_images: int, val_images: int, epochs:
         import json
 
         from atss_cli.benchmarks import assigner
-        from atss_cli.engine.checkpoint import atomic_write_text
+        from atss_cli.atomic import atomic_write_text
 
         settings = assigner.Settings(batches=assigner.QUICK_BATCHES, num_gts=assigner.QUICK_NUM_GTS,
                                      repeats=5, warmup=1)

@@ -366,8 +366,9 @@ def evaluate_checkpoint(checkpoint: str | Path, coco: str | Path, *, split: str 
 
     from atss_cli.data import load_split
     from atss_cli.engine import distributed
+    from atss_cli.engine.device import resolve_device
     from atss_cli.engine.inference import (DEFAULT_SCALE, build_inference_model, model_fields,
-                                           read_checkpoint_info, resolve_device)
+                                           read_checkpoint_info)
 
     if evaluator not in EVALUATORS:
         raise AtssError(f"unknown evaluator {evaluator!r}; choose one of {', '.join(EVALUATORS)}")

@@ -13,7 +13,6 @@
         (so an MMDetection ATSS checkpoint loads as it is); then `load_checkpoint`, eval mode,
         on `device`. A class-count mismatch between checkpoint and `num_classes` is an
         AtssError naming both.
-    resolve_device(name) -> torch.device        "auto" | "cpu" | "cuda" | "cuda:N"
     parse_scale(text) -> (long, short)            "1333,800" or "1333x800"
 """
 
@@ -84,25 +83,6 @@ def _categories(value) -> list[dict] | None:
     if isinstance(value, list) and value and all(isinstance(c, dict) and "id" in c and "name" in c for c in value):
         return [{"id": int(c["id"]), "name": str(c["name"])} for c in value]
     return None
-
-
-def resolve_device(name: str):
-    import torch
-
-    name = (name or "auto").strip()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise AtssError(f"unknown device {name!r}; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AtssError("--device cuda but no CUDA device is available; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise AtssError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices")
-    if device.type not in ("cpu", "cuda"):
-        raise AtssError(f"unsupported device {name!r}; use auto, cpu or cuda")
-    return device
 
 
 def parse_scale(text: str | None) -> tuple[int, int] | None:

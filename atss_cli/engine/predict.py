@@ -71,21 +71,12 @@ def _output_path(out_dir: Path, src: Path, taken: set[str]) -> Path:
 
 
 def _write_image(image, path: Path) -> None:
-    import os
-    import tempfile
-
     from torchvision.io import encode_jpeg, encode_png
 
+    from atss_cli.atomic import atomic_write_bytes
+
     data = encode_jpeg(image, quality=92) if path.suffix == ".jpg" else encode_png(image)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.numpy().tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data.numpy().tobytes())
 
 
 def predict_files(model, paths: Sequence[str | Path], *, device, out_dir: str | Path,
@@ -163,8 +154,8 @@ def predict_checkpoint(checkpoint: str | Path, images: Sequence[str | Path], out
     architecture from its config (else R50 defaults, or `model_overrides`), the names from
     `class_names_for`, the test scale from `scale`, else the checkpoint config, else (1333, 800).
     Returns `predict_files`'s summary plus "checkpoint"."""
-    from atss_cli.engine.inference import (DEFAULT_SCALE, build_inference_model, read_checkpoint_info,
-                                           resolve_device)
+    from atss_cli.engine.device import resolve_device
+    from atss_cli.engine.inference import DEFAULT_SCALE, build_inference_model, read_checkpoint_info
 
     if not 0.0 <= score_thr <= 1.0:
         raise AtssError(f"--score-thr must be between 0 and 1, got {score_thr}")

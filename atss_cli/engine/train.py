@@ -25,9 +25,11 @@ from typing import Protocol
 
 import torch
 
+from atss_cli.atomic import atomic_write_text
 from atss_cli.config import TrainConfig
 from atss_cli.engine import checkpoint as ckpt_io
 from atss_cli.engine import distributed
+from atss_cli.engine.device import resolve_device
 from atss_cli.engine.schedule import accumulation_steps, learning_rate
 from atss_cli.errors import AtssError
 
@@ -83,16 +85,6 @@ class Position:
     epoch: int = 0        # 0-based epoch in progress
     step: int = 0         # micro-steps (loader batches) consumed in that epoch
     iteration: int = 0    # optimizer steps taken in the whole run
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise AtssError("device cuda requested but torch sees no CUDA device")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def find_pretrained(depth: int, explicit: str) -> Path | None:
@@ -173,7 +165,7 @@ def _truncate_metrics(path: Path, pos: Position) -> None:
     keep = [r for r in _read_records(path)
             if (r.get("kind") == "train" and r["iteration"] <= pos.iteration)
             or (r.get("kind") == "val" and r["epoch"] <= pos.epoch)]
-    ckpt_io.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None, *, resume: bool = True) -> dict:
@@ -182,8 +174,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, resume: bool = 
     from atss_cli.model import build_atss, load_backbone, load_checkpoint
 
     reporter = reporter or SilentReporter()
-    device_type = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
-    info = distributed.init_from_env(device_type)
+    info = distributed.init_from_env(resolve_device(cfg.device).type)
     # A scheduler's SIGTERM (preemption) stops a single-process run like Ctrl-C: save, then exit.
     # Under torchrun the agent owns SIGTERM and stops every rank together.
     previous = None
@@ -299,7 +290,7 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
                "num_classes": train_set.num_classes, "train_images": len(train_set.train_indices()),
                "device": str(device)}
     if info.is_main:
-        ckpt_io.atomic_write_text(work / "config.json",
+        atomic_write_text(work / "config.json",
                                   json.dumps({**cfg.to_dict(), "derived": derived}, indent=2) + "\n")
     reporter.info(f"{info.world_size} process(es) x {cfg.batch_per_gpu} images x {accumulate} accumulation "
                   f"= total batch {total_batch}, lr {base_lr:g}, {iters_per_epoch} iterations/epoch")
