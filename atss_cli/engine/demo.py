@@ -11,16 +11,19 @@ import time
 from pathlib import Path
 
 from atss_cli.config import TrainConfig
+from atss_cli.model.detector import PRESETS
 
 # The demo preset: the same algorithm as the 1x recipe, sized for 2 CPU cores and ~5 minutes.
 # No ImageNet weights exist here, so every stage and its BatchNorm layers train from random init.
 DEMO_SIZE = 256
+# The "tiny" preset, narrowed to 64 channels: twice the images per second on 2 cores.
+DEMO_MODEL = {**PRESETS["tiny"], "fpn_channels": 64, "head_channels": 64}
 
 
 def demo_config(data_dir: Path, work_dir: Path, *, epochs: int, workers: int) -> TrainConfig:
     return TrainConfig(
         coco=str(data_dir), work_dir=str(work_dir), device="cpu",
-        depth=18, fpn_channels=64, head_channels=64, stacked_convs=2, frozen_stages=-1, norm_eval=False,
+        **DEMO_MODEL,
         scale=(DEMO_SIZE, DEMO_SIZE), flip_prob=0.5, workers=workers, channels_last=True,
         epochs=epochs, lr=0.02, base_batch=8, batch_per_gpu=8, accumulate=1,
         warmup_iters=40, warmup_ratio=0.1, milestones=(epochs - 2,) if epochs > 3 else (),
