@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export CUDA_HOME ?= /usr/local/cuda
-export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # make test fails if the kernels do not compile: CI proves they build.
 export ATSS_REQUIRE_EXTENSION ?= 1
 export MAX_JOBS ?= 2
@@ -24,7 +24,7 @@ $(VENV)/.deps: pyproject.toml
 	touch $@
 
 # The extension is rebuilt in place whenever a kernel source changes.
-$(VENV)/.ext: $(VENV)/.deps setup.py $(CSRC)
+$(VENV)/.ext: $(VENV)/.deps setup.py atss_cli/build_flags.py $(CSRC)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	$(PY) -c "from atss_cli.ops import extension; print(extension.describe())"
 	touch $@

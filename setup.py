@@ -1,21 +1,38 @@
 """Builds only the C++/CUDA extension `atss_cli._C`; metadata lives in pyproject.toml.
 
 The CPU kernels always build. The CUDA kernels build when torch is a CUDA build and nvcc is
-found (CUDA_HOME, default /usr/local/cuda), for TORCH_CUDA_ARCH_LIST (default 8.0;9.0), or when
-ATSS_FORCE_CUDA=1. A failed CUDA compile retries with the CPU kernels only; ATSS_NO_EXTENSION=1,
-or a failed CPU compile, installs the package without the extension: the ops then run their
-pure-PyTorch reference and `atss env` says so. ATSS_REQUIRE_EXTENSION=1 (make test, CI) turns
-any failed compile into an error instead.
+found (CUDA_HOME, default /usr/local/cuda), or when ATSS_FORCE_CUDA=1, for
+TORCH_CUDA_ARCH_LIST (default 8.0;9.0+PTX: sm_80 and sm_90 code, PTX for newer GPUs). The
+compiler flags (C++20, the arithmetic that keeps CPU == CUDA exact) live in
+atss_cli/build_flags.py; NVCC_PREPEND_FLAGS / NVCC_APPEND_FLAGS are dropped with a warning.
+A failed CUDA compile retries with the CPU kernels only; ATSS_NO_EXTENSION=1, or a failed CPU
+compile, installs the package without the extension: the ops then run their pure-PyTorch
+reference, `atss env` says so, and importing the ops on a machine with a GPU warns.
+ATSS_REQUIRE_EXTENSION=1 (make test, CI) turns any failed compile into an error instead.
 """
 
 import glob
+import importlib.util
 import os
 import sys
 
 from setuptools import setup
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_build_flags():
+    # by path: importing the atss_cli package here would need its dependencies at build time
+    path = os.path.join(HERE, "atss_cli", "build_flags.py")
+    spec = importlib.util.spec_from_file_location("atss_build_flags", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_flags = _load_build_flags()
 os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+os.environ["TORCH_CUDA_ARCH_LIST"] = build_flags.cuda_archs()
 
 
 def _extensions():
@@ -24,7 +41,6 @@ def _extensions():
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-    here = os.path.dirname(os.path.abspath(__file__))
     cpp = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     cu = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
     nvcc = CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
@@ -32,26 +48,23 @@ def _extensions():
         os.environ.get("ATSS_FORCE_CUDA") == "1" or (torch.version.cuda is not None and nvcc)
     )
     define_macros = []
-    # -ffp-contract=off: no fused multiply-adds on the host either (aarch64 would fuse), so
-    # the CPU kernels compute what the CUDA kernels (-fmad=false) compute.
-    cxx = ["-O3", "-ffp-contract=off"]
+    cxx = list(build_flags.CXX_FLAGS)
     kwargs = dict(
         name="atss_cli._C",
-        include_dirs=[os.path.join(here, "csrc")],
+        include_dirs=[os.path.join(HERE, "csrc")],
         extra_compile_args={"cxx": cxx},
         define_macros=define_macros,
     )
     cpu_ext = CppExtension(sources=cpp, **{**kwargs, "define_macros": list(define_macros),
                                            "extra_compile_args": {"cxx": list(cxx)}})
     if with_cuda:
-        define_macros += [
-            ("ATSS_WITH_CUDA", None),
-            ("ATSS_CUDA_ARCHS", '"' + os.environ["TORCH_CUDA_ARCH_LIST"] + '"'),
-        ]
-        # -fmad=false: the CPU kernels and the CUDA kernels share their arithmetic and must
-        # agree bit for bit; nvcc would otherwise fuse multiply-adds the CPU does not.
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-fmad=false", "--expt-relaxed-constexpr",
-                                            "-Xcompiler", "-ffp-contract=off"]
+        archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+        ccbin, warning = build_flags.clean_nvcc_environ()
+        if warning:
+            print(warning, file=sys.stderr)
+        define_macros += build_flags.cuda_define_macros(archs)
+        # our own -gencode flags: torch then adds none, on every torch version
+        kwargs["extra_compile_args"]["nvcc"] = build_flags.nvcc_flags(archs, ccbin)
         ext = CUDAExtension(sources=cpp + cu, **kwargs)
     else:
         ext = cpu_ext

@@ -90,3 +90,41 @@ def test_bench_assigner_errors_are_one_line(tmp_path, capsys):
     assert main(["bench", "assigner", "--json", str(tmp_path / "missing" / "x.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["bench", "assigner", "--num-gt", "-3"]) != 0
+
+
+@pytest.mark.parametrize("capability, with_cuda, image", [
+    ((9, 0), True, "sm_90"), ((8, 6), True, "sm_80"), ((12, 0), True, "compute_90 PTX"),
+    ((7, 5), True, None), ((9, 0), False, None)])
+def test_env_says_which_code_each_gpu_runs(monkeypatch, capsys, capability, with_cuda, image):
+    """A faked GPU: machine code of its major version, else the PTX, else none; and why CUDA
+    ops would run the reference."""
+    import types
+
+    import torch
+
+    from atss_cli.ops import extension
+
+    props = types.SimpleNamespace(major=capability[0], minor=capability[1], name="Fake GPU", total_memory=2**34)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(extension, "has_cuda", lambda: with_cuda)
+    info = {"with_cuda": with_cuda, "cuda_version": "13.0.88" if with_cuda else None,
+            "cuda_archs": "8.0;9.0+PTX" if with_cuda else None, "compiler": "gcc", "torch_version": "x"}
+    monkeypatch.setattr(extension, "build_info", lambda: info)
+    assert main(["env"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    from atss_cli.cli.env import collect_env
+
+    data = collect_env()
+    gpu = data["gpus"][0]
+    assert gpu["kernel_image"] == image and gpu["kernels_built_for_it"] == (image is not None)
+    if image:
+        assert f"runs the {image} code" in text
+    if with_cuda:
+        assert data["extension_cuda_code"] == "sm_80, sm_90 code + compute_90 PTX (JIT on newer GPUs)"
+        assert data["ops_backend_cuda"] == "extension" and data["ops_cuda_fallback_reason"] is None
+        assert (image is None) == ("no kernels built for this arch" in text)
+    else:
+        assert data["ops_backend_cuda"] == "reference" and "make install" in data["ops_cuda_fallback_reason"]
+        assert "ops on CUDA reference (" in text

@@ -34,6 +34,16 @@ def _nvcc_version() -> str | None:
     return None
 
 
+def kernel_image(capability: str, archs: str) -> str | None:
+    """The extension's code a GPU of `capability` runs ('sm_80', 'compute_90 PTX'), or None."""
+    from atss_cli import build_flags
+
+    try:
+        return build_flags.kernel_image_for(capability, archs)
+    except ValueError:
+        return None
+
+
 def collect_env() -> dict:
     """Everything `atss env` reports, as plain data."""
     import torch
@@ -48,9 +58,10 @@ def collect_env() -> dict:
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             cap = f"{p.major}.{p.minor}"
+            image = kernel_image(cap, archs) if info.get("with_cuda") else None
             gpus.append({"index": i, "name": p.name, "capability": cap,
                          "memory_gb": round(p.total_memory / 2**30, 1),
-                         "kernels_built_for_it": bool(info.get("with_cuda")) and cap in archs.replace(" ", ";").split(";")})
+                         "kernels_built_for_it": image is not None, "kernel_image": image})
     try:
         import torchvision
 
@@ -73,11 +84,13 @@ def collect_env() -> dict:
         "extension_with_cuda": info.get("with_cuda"),
         "extension_cuda_version": info.get("cuda_version"),
         "extension_cuda_archs": archs or None,
+        "extension_cuda_code": extension.describe_archs(archs) if archs else None,
         "extension_compiler": info.get("compiler"),
         "extension_torch": info.get("torch_version"),
         "ops_backend_cpu": "extension" if extension.supports(torch.device("cpu")) else "reference",
         "ops_backend_cuda": ("extension" if extension.supports(torch.device("cuda")) else "reference")
         if gpus else None,
+        "ops_cuda_fallback_reason": (extension.no_cuda_kernels_reason() or None) if gpus else None,
         "gpus": gpus,
     }
 
@@ -104,7 +117,8 @@ def env_command(json_out: JsonOut = None) -> None:
     row("CPU threads", data["cpu_threads"])
     if data["extension_loaded"]:
         row("extension", f"loaded: {data['extension_path']}")
-        cuda = (f"yes, CUDA {data['extension_cuda_version']}, archs {data['extension_cuda_archs']}"
+        cuda = (f"yes, CUDA {data['extension_cuda_version']}, {data['extension_cuda_code']} "
+                f"(TORCH_CUDA_ARCH_LIST {data['extension_cuda_archs']})"
                 if data["extension_with_cuda"] else "no (CPU kernels only)")
         row("  with CUDA", cuda)
         row("  compiler", data["extension_compiler"])
@@ -115,10 +129,12 @@ def env_command(json_out: JsonOut = None) -> None:
     if not data["gpus"]:
         row("GPUs", "none")
     for g in data["gpus"]:
-        row(f"GPU {g['index']}", f"{g['name']}, sm_{g['capability'].replace('.', '')}, {g['memory_gb']} GB"
-            + ("" if g["kernels_built_for_it"] else " (the extension has no kernels built for this arch)"))
+        runs = (f", runs the {g['kernel_image']} code" if g["kernel_image"]
+                else " (the extension has no kernels built for this arch)" if data["extension_with_cuda"] else "")
+        row(f"GPU {g['index']}", f"{g['name']}, sm_{g['capability'].replace('.', '')}, {g['memory_gb']} GB{runs}")
     if data["gpus"]:
-        row("ops on CUDA", data["ops_backend_cuda"])
+        reason = data["ops_cuda_fallback_reason"]
+        row("ops on CUDA", data["ops_backend_cuda"] + (f" ({reason})" if reason else ""))
     out.print(table)
     if json_out is not None:
         json_out.write_text(json.dumps(data, indent=2) + "\n")
