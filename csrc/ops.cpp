@@ -5,8 +5,10 @@
 
 TORCH_LIBRARY(atss, m) {
   m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
+  // The trailing optional arguments are the geometry (ops.GridGeometry; all or none):
+  // grid_hw = [H0, W0, H1, W1, ...], strides = one per level, extent = int64 [B, 2].
   m.def("topk_candidates(Tensor anchors, Tensor valid, int[] level_sizes, Tensor gt_boxes, Tensor num_gt, "
-        "int topk) -> Tensor");
+        "int topk, int[]? grid_hw=None, int[]? strides=None, Tensor? extent=None) -> Tensor");
   m.def("atss_assign(Tensor anchors, Tensor valid, int[] level_sizes, Tensor gt_boxes, Tensor num_gt, "
-        "int topk) -> (Tensor, Tensor)");
+        "int topk, int[]? grid_hw=None, int[]? strides=None, Tensor? extent=None) -> (Tensor, Tensor)");
 }

@@ -238,3 +238,130 @@ def test_shared_arithmetic_headers_compile_with_a_plain_host_compiler(tmp_path):
                           str(tmp_path / "t")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert subprocess.run([str(tmp_path / "t")]).returncode == 0
+
+
+def geometry_of(scene, extent=None):
+    """The GridGeometry of a scenes.make_scene scene (what the model passes)."""
+    import math
+
+    h = math.ceil(max(s[0] for s in scene.image_sizes) / 32) * 32
+    w = math.ceil(max(s[1] for s in scene.image_sizes) / 32) * 32
+    if extent is None:
+        extent = torch.tensor([[math.ceil(a / 32) * 32, math.ceil(b / 32) * 32] for a, b in scene.image_sizes])
+    return ops.GridGeometry(tuple(scenes.featmap_sizes((h, w))), scenes.STRIDES, extent)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_geometry_gives_the_same_result(backend):
+    for seed in range(6):
+        s = scenes.make_scene(40 + seed, [(96 + 50 * seed, 200 - 20 * seed), (64, 96), (130, 70)][: 1 + seed % 3],
+                              [9 + 7 * seed, 3, 0][: 1 + seed % 3])
+        geo = geometry_of(s)
+        for topk in (1, 9, 16):
+            want = ops.topk_candidates(*s.args(), topk, backend=backend)
+            got = ops.topk_candidates(*s.args(), topk, backend=backend, geometry=geo)
+            assert torch.equal(want, got), (seed, topk)
+            want = ops.atss_assign(*s.args(), topk, backend=backend)
+            for validate in (True, False):
+                got = ops.atss_assign(*s.args(), topk, backend=backend, geometry=geo, validate=validate)
+                assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1]), (seed, topk, validate)
+
+
+def test_geometry_broken_promise_is_named(scene):
+    geo = geometry_of(scene)
+    shapes, strides, ext = geo.level_shapes, geo.strides, geo.extent
+    holes = scene.valid.clone()
+    holes[0, 3] = False
+    jitter = scene.anchors.clone()
+    jitter[2] += 0.5
+    cases = [
+        (dict(), ops.GridGeometry(shapes[:-1], strides, ext), "level_shapes must hold one (H, W) per level (5)"),
+        (dict(), ops.GridGeometry(((1, shapes[0][0] * shapes[0][1]),) + shapes[1:], strides, ext),
+         "level_shapes[0] = (1,"),
+        (dict(), ops.GridGeometry(((shapes[0][0], shapes[0][1] + 1),) + shapes[1:], strides, ext),
+         "level_shapes[0] must have H * W = level_sizes[0]"),
+        (dict(), ops.GridGeometry(shapes, strides[:-1], ext), "strides must hold one stride per level"),
+        (dict(), ops.GridGeometry(shapes, (0,) + strides[1:], ext), "strides must be ints >= 1"),
+        (dict(), ops.GridGeometry(shapes, strides, ext.int()), "extent must be int64 [B, 2]"),
+        (dict(), ops.GridGeometry(shapes, strides, ext[:1]), "extent must be int64 [B, 2] with B=2"),
+        (dict(), ops.GridGeometry(shapes, strides, ext.to("meta")), "extent must be on the device"),
+        (dict(), ops.GridGeometry(shapes, strides, ext + 32), "does not match valid of image"),
+        (dict(), ops.GridGeometry(shapes, strides, -ext), "extent must be >= 0"),
+        (dict(valid=holes), geo, "does not match valid of image 0: anchor 3"),
+        (dict(anchors=jitter), geo, "anchors of level 0 are not a row-major grid"),
+        (dict(), "grid", "geometry must be an ops.GridGeometry"),
+    ]
+    for change, g, text in cases:
+        for fn in (ops.atss_assign, ops.topk_candidates):
+            with pytest.raises(AtssError) as err:
+                fn(**args_with(scene, **change), geometry=g)
+            assert text in str(err.value), (text, str(err.value))
+    # validate=False trusts the promise (no value check, so no device read): no error.
+    ops.atss_assign(*scene.args(), validate=False, geometry=ops.GridGeometry(shapes, strides, ext + 32))
+
+
+def test_validate_false_reads_no_tensor_value(scene):
+    """With validate=False and geometry the op layer reads no tensor value back to the host
+    (on a GPU: no sync): no aten._local_scalar_dense (.item(), .tolist(), bool())."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Reads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                Reads.count += 1
+            return func(*args, **(kwargs or {}))
+
+    geo = geometry_of(scene)
+    for backend in (["extension"] if ops.extension.available() else []):
+        with Reads():
+            ops.atss_assign(*scene.args(), validate=False, geometry=geo, backend=backend)
+            ops.topk_candidates(*scene.args(), validate=False, geometry=geo, backend=backend)
+        assert Reads.count == 0
+        with Reads():
+            ops.atss_assign(*scene.args(), validate=True, geometry=geo, backend=backend)
+        assert Reads.count > 0  # the probe sees reads when there are some
+
+
+@needs_ext
+def test_geometry_kernel_args_opcheck_and_fake(scene):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.library import opcheck
+
+    hw, strides, ext = geometry_of(scene).kernel_args()
+    s = scene
+    for op in (torch.ops.atss.topk_candidates.default, torch.ops.atss.atss_assign.default):
+        opcheck(op, (s.anchors, s.valid, s.level_sizes, s.gt_boxes, s.num_gt, 9, hw, strides, ext))
+        want = op(s.anchors, s.valid, s.level_sizes, s.gt_boxes, s.num_gt, 9)
+        got = op(s.anchors, s.valid, s.level_sizes, s.gt_boxes, s.num_gt, 9, hw, strides, ext)
+        for w, g in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
+            assert torch.equal(w, g)
+        bad = [((hw, None, None), "must be given together"), ((hw[:-2], strides, ext), "grid_hw must hold (H, W)"),
+               (([hw[0] + 1] + hw[1:], strides, ext), "grid_hw: level 0 must have H * W"),
+               ((hw, strides[:-1], ext), "strides must hold one stride per level"),
+               ((hw, strides, ext.int()), "extent must be int64"), ((hw, strides, ext[:1]), "extent must be [B, 2]")]
+        for geo_args, text in bad:
+            with pytest.raises(RuntimeError) as err:
+                op(s.anchors, s.valid, s.level_sizes, s.gt_boxes, s.num_gt, 9, *geo_args)
+            assert text in str(err.value), (text, str(err.value))
+    with FakeTensorMode() as mode:
+        a, v, g, n, e = (mode.from_tensor(t) for t in (s.anchors, s.valid, s.gt_boxes, s.num_gt, ext))
+        assigned, iou = torch.ops.atss.atss_assign(a, v, s.level_sizes, g, n, 9, hw, strides, e)
+        cand = torch.ops.atss.topk_candidates(a, v, s.level_sizes, g, n, 4, hw, strides, e)
+    assert assigned.shape == s.valid.shape and iou.dtype == torch.float32
+    assert cand.shape == (2, s.gt_boxes.shape[1], 5 * 4)
+
+
+@needs_ext
+def test_torch_compile_fullgraph_with_geometry(scene):
+    geo = geometry_of(scene)
+
+    def f(anchors, valid, gt, num_gt, extent):
+        g = ops.GridGeometry(geo.level_shapes, geo.strides, extent)
+        return ops.atss_assign(anchors, valid, scene.level_sizes, gt, num_gt, 9, validate=False, geometry=g)
+
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    got = compiled(scene.anchors, scene.valid, scene.gt_boxes, scene.num_gt, geo.extent)
+    want = ops.atss_assign(*scene.args())
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -9,8 +9,6 @@ random holes in the valid flags, and anchors that are not a grid (the exhaustive
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -19,32 +17,17 @@ from atss_cli.ops import scenes
 
 pytestmark = pytest.mark.skipif(not ops.extension.available(), reason=ops.extension.reason())
 
-M_CHOICES = (0, 1, 2, 5, 9, 20, 40, 80, 150, 300)
+random_scene = scenes.random_scene
 
 
-def random_scene(seed: int) -> scenes.Scene:
-    g = torch.Generator().manual_seed(10_000 + seed)
-
-    def draw(lo, hi):  # log-uniform int in [lo, hi]
-        return int(math.exp(math.log(lo) + float(torch.rand(1, generator=g)) * (math.log(hi) - math.log(lo))))
-
-    b = int(torch.randint(1, 5, (1,), generator=g))
-    sizes = [(draw(32, 800), draw(32, 1333)) for _ in range(b)]
-    if seed % 10 == 0:
-        sizes[0] = (800, 1333)  # the full size, padded with smaller images
-    m_max = M_CHOICES[seed % len(M_CHOICES)]
-    num_gt = [int(torch.randint(0, m_max + 1, (1,), generator=g)) for _ in range(b)]
-    holes = (0.0, 0.0, 0.2, 0.7)[seed % 4]
-    return scenes.make_scene(seed, sizes, num_gt, holes=holes)
-
-
-def assert_same(scene: scenes.Scene, topk: int = 9) -> None:
+def assert_same(scene: scenes.Scene, topk: int = 9, geometry: ops.GridGeometry | None = None) -> None:
+    """Reference == kernels; with `geometry`, the kernels are given it (the reference is not)."""
     args = scene.args()
     c_ref = ops.topk_candidates(*args, topk, backend="reference")
-    c_ext = ops.topk_candidates(*args, topk, backend="extension")
+    c_ext = ops.topk_candidates(*args, topk, backend="extension", geometry=geometry)
     assert torch.equal(c_ref, c_ext), f"candidates differ at {(c_ref != c_ext).nonzero()[:5].tolist()}"
     a_ref, i_ref = ops.atss_assign(*args, topk, backend="reference")
-    a_ext, i_ext = ops.atss_assign(*args, topk, backend="extension")
+    a_ext, i_ext = ops.atss_assign(*args, topk, backend="extension", geometry=geometry)
     assert torch.equal(a_ref, a_ext), f"assigned differs at {(a_ref != a_ext).nonzero()[:5].tolist()}"
     assert torch.equal(i_ref, i_ext), f"iou differs at {(i_ref != i_ext).nonzero()[:5].tolist()}"
 
@@ -56,25 +39,17 @@ def test_random_grid_scenes(chunk):
         assert_same(random_scene(seed))
 
 
+def test_random_scenes_with_geometry():
+    """Scenes whose valid flags are the rectangles, given their geometry (validated)."""
+    for seed in [s for s in range(40) if s % 4 < 2]:
+        scene = random_scene(seed)
+        assert_same(scene, 9 if seed % 3 else 1 + seed % 64, geometry=scenes.scene_geometry(scene))
+
+
 @pytest.mark.parametrize("topk", [1, 2, 4, 16, 64])
 def test_random_scenes_other_topk(topk):
     for seed in range(1000 + topk, 1000 + topk + 4):
         assert_same(random_scene(seed), topk=topk)
-
-
-def _perturbed(scene: scenes.Scene, seed: int, mode: str) -> scenes.Scene:
-    """The same scene on anchors that are not a grid: jittered, or permuted within each level."""
-    g = torch.Generator().manual_seed(seed)
-    anchors = scene.anchors.clone()
-    if mode == "jitter":
-        anchors += torch.randn(anchors.shape, generator=g) * 3.0
-    else:
-        start = 0
-        for n in scene.level_sizes:
-            perm = torch.randperm(n, generator=g) + start
-            anchors[start:start + n] = scene.anchors[perm]
-            start += n
-    return scenes.Scene(anchors, scene.valid, scene.level_sizes, scene.gt_boxes, scene.num_gt, scene.image_sizes)
 
 
 @pytest.mark.parametrize("mode", ["jitter", "permute"])
@@ -83,7 +58,7 @@ def test_random_non_grid_anchors(mode):
     for seed in range(12):
         base = scenes.make_scene(500 + seed, [(int(64 + 40 * seed), int(96 + 60 * seed))] * (1 + seed % 3),
                                  [seed * 5 % 60, seed * 3 % 40, 7][: 1 + seed % 3], holes=0.3 * (seed % 2))
-        assert_same(_perturbed(base, seed, mode))
+        assert_same(scenes.perturbed(base, seed, mode))
 
 
 def test_mixed_grid_and_non_grid_levels():
@@ -192,8 +167,9 @@ def test_extreme_boxes(kind):
             gt = torch.cat([c, c], -1)
         else:
             anchors = anchors * 0.5 + 3.3
+        geo = scenes.scene_geometry(s) if seed % 3 == 0 else None  # no holes: the rectangles
         for topk in (9, 1 + seed):
-            assert_same(scenes.Scene(anchors, s.valid, s.level_sizes, gt, s.num_gt, s.image_sizes), topk)
+            assert_same(scenes.Scene(anchors, s.valid, s.level_sizes, gt, s.num_gt, s.image_sizes), topk, geo)
 
 
 def test_reference_sqrt_is_correctly_rounded():

@@ -13,11 +13,12 @@ import torch
 
 from atss_cli.ops import extension, reference
 from atss_cli.ops.checks import check_assign_inputs
+from atss_cli.ops.geometry import GridGeometry, check_geometry
 
 
 def topk_candidates(anchors: torch.Tensor, valid: torch.Tensor, level_sizes, gt_boxes: torch.Tensor,
                     num_gt: torch.Tensor, topk: int = 9, *, validate: bool = True,
-                    backend: str = "auto") -> torch.Tensor:
+                    backend: str = "auto", geometry: GridGeometry | None = None) -> torch.Tensor:
     """Per GT and level, the `topk` valid anchors nearest to the GT's centre.
 
     anchors float32 [N, 4] (shared by the batch, levels concatenated); valid bool [B, N];
@@ -26,18 +27,20 @@ def topk_candidates(anchors: torch.Tensor, valid: torch.Tensor, level_sizes, gt_
     Returns int64 [B, M, L*topk]: for level l, entries [l*topk, (l+1)*topk) hold anchor
     indices into N, nearest first (Euclidean centre distance in float32; equal distances: the
     lower anchor index first and wins the last place), then -1 where the level has fewer than
-    `topk` valid anchors. Padding rows are all -1.
+    `topk` valid anchors. Padding rows are all -1. `geometry`: see `atss_assign`.
     """
-    sizes = check_assign_inputs(anchors, valid, level_sizes, gt_boxes, num_gt, topk, validate)
+    sizes = _checked(anchors, valid, level_sizes, gt_boxes, num_gt, topk, validate, geometry)
     if not extension.use_extension(backend, gt_boxes.device):
         return reference.topk_candidates(anchors, valid, sizes, gt_boxes, num_gt, topk)
     return torch.ops.atss.topk_candidates(anchors.detach().contiguous(), valid.contiguous(), sizes,
-                                          gt_boxes.detach().contiguous(), num_gt.contiguous(), topk)
+                                          gt_boxes.detach().contiguous(), num_gt.contiguous(), topk,
+                                          *_geometry_args(geometry))
 
 
 def atss_assign(anchors: torch.Tensor, valid: torch.Tensor, level_sizes, gt_boxes: torch.Tensor,
                 num_gt: torch.Tensor, topk: int = 9, *, validate: bool = True,
-                backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                backend: str = "auto", geometry: GridGeometry | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """ATSS assignment of a padded batch (SPEC.md section 2).
 
     Inputs as `topk_candidates`. For each GT: its candidates are the `topk` nearest valid
@@ -53,24 +56,45 @@ def atss_assign(anchors: torch.Tensor, valid: torch.Tensor, level_sizes, gt_boxe
     read out of bounds: num_gt is clamped to [0, M]); pass `level_sizes` as a list (a CUDA
     tensor would be read back, another sync). `backend`: "auto" (the kernels when
     built for the device, else the reference), "extension" or "reference".
+
+    `geometry` (`ops.GridGeometry`, optional): the caller's promise that each level's anchors
+    are a row-major grid of the given shape and that `valid` is each image's rectangle for
+    its extent; the kernels then skip grid detection and valid counting (on CUDA: one pass).
+    The result is the same as without it. `validate=True` checks the promise; the reference
+    ignores it.
     """
-    sizes = check_assign_inputs(anchors, valid, level_sizes, gt_boxes, num_gt, topk, validate)
+    sizes = _checked(anchors, valid, level_sizes, gt_boxes, num_gt, topk, validate, geometry)
     if not extension.use_extension(backend, gt_boxes.device):
         with torch.no_grad():
             return reference.atss_assign(anchors, valid, sizes, gt_boxes, num_gt, topk)
     # The assignment is a target, not a function to differentiate: inputs are detached.
     return torch.ops.atss.atss_assign(anchors.detach().contiguous(), valid.contiguous(), sizes,
-                                      gt_boxes.detach().contiguous(), num_gt.contiguous(), topk)
+                                      gt_boxes.detach().contiguous(), num_gt.contiguous(), topk,
+                                      *_geometry_args(geometry))
+
+
+def _checked(anchors, valid, level_sizes, gt_boxes, num_gt, topk, validate, geometry) -> list[int]:
+    sizes = check_assign_inputs(anchors, valid, level_sizes, gt_boxes, num_gt, topk, validate)
+    if geometry is not None:
+        check_geometry(geometry, anchors, valid, sizes, validate)
+    return sizes
+
+
+def _geometry_args(geometry: GridGeometry | None) -> tuple:
+    """The op schema's trailing (grid_hw, strides, extent), or none at all without geometry."""
+    return () if geometry is None else geometry.kernel_args()
 
 
 if extension.available():
 
     @torch.library.register_fake("atss::topk_candidates")
-    def _topk_candidates_fake(anchors, valid, level_sizes, gt_boxes, num_gt, topk):
+    def _topk_candidates_fake(anchors, valid, level_sizes, gt_boxes, num_gt, topk, grid_hw=None, strides=None,
+                              extent=None):
         b, m = gt_boxes.shape[0], gt_boxes.shape[1]
         return gt_boxes.new_empty((b, m, len(level_sizes) * topk), dtype=torch.int64)
 
     @torch.library.register_fake("atss::atss_assign")
-    def _atss_assign_fake(anchors, valid, level_sizes, gt_boxes, num_gt, topk):
+    def _atss_assign_fake(anchors, valid, level_sizes, gt_boxes, num_gt, topk, grid_hw=None, strides=None,
+                          extent=None):
         b, n = valid.shape[0], valid.shape[1]
         return (valid.new_empty((b, n), dtype=torch.int64), valid.new_empty((b, n), dtype=torch.float32))

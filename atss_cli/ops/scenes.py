@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from atss_cli.ops.geometry import GridGeometry
+
 STRIDES = (8, 16, 32, 64, 128)
 OCTAVE_SCALE = 8  # anchor side = 8 x stride
 
@@ -137,6 +139,58 @@ def make_scene(seed: int, image_sizes: list[tuple[int, int]], num_gt: list[int] 
     for i, ((ih, iw), k) in enumerate(zip(image_sizes, num_gt)):
         gt[i, :k] = random_boxes(gen, k, ih, iw, special)
     return Scene(anchors, valid, level_sizes, gt, torch.tensor(num_gt, dtype=torch.int64), list(image_sizes))
+
+
+def padded_extent(image_sizes: list[tuple[int, int]]) -> torch.Tensor:
+    """int64 [B, 2]: each image's (h, w) rounded up to the pad divisor 32."""
+    return torch.tensor([[math.ceil(h / 32) * 32, math.ceil(w / 32) * 32] for h, w in image_sizes],
+                        dtype=torch.int64).reshape(-1, 2)
+
+
+def scene_geometry(scene: Scene) -> GridGeometry:
+    """The `ops.GridGeometry` of a `make_scene` scene (what the model passes). Its promise holds
+    only for scenes made without `holes` and on their own grid anchors."""
+    batch_hw = (math.ceil(max(h for h, _ in scene.image_sizes) / 32) * 32,
+                math.ceil(max(w for _, w in scene.image_sizes) / 32) * 32)
+    shapes = featmap_sizes(batch_hw)
+    return GridGeometry(tuple(shapes), STRIDES[:len(shapes)], padded_extent(scene.image_sizes).to(scene.valid.device))
+
+
+M_CHOICES = (0, 1, 2, 5, 9, 20, 40, 80, 150, 300)
+
+
+def random_scene(seed: int) -> Scene:
+    """The op tests' random scene `seed`: 1-4 images from 32 px to 1333 x 800 (every tenth
+    holds a full-size image), M up to 300 (M_CHOICES by seed), holes in the valid flags for
+    seeds 2 and 3 mod 4."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+
+    def draw(lo, hi):  # log-uniform int in [lo, hi]
+        return int(math.exp(math.log(lo) + float(torch.rand(1, generator=g)) * (math.log(hi) - math.log(lo))))
+
+    b = int(torch.randint(1, 5, (1,), generator=g))
+    sizes = [(draw(32, 800), draw(32, 1333)) for _ in range(b)]
+    if seed % 10 == 0:
+        sizes[0] = (800, 1333)  # the full size, padded with smaller images
+    m_max = M_CHOICES[seed % len(M_CHOICES)]
+    num_gt = [int(torch.randint(0, m_max + 1, (1,), generator=g)) for _ in range(b)]
+    holes = (0.0, 0.0, 0.2, 0.7)[seed % 4]
+    return make_scene(seed, sizes, num_gt, holes=holes)
+
+
+def perturbed(scene: Scene, seed: int, mode: str) -> Scene:
+    """The same scene on anchors that are not a grid: "jitter"ed, or "permute"d within each level."""
+    g = torch.Generator().manual_seed(seed)
+    anchors = scene.anchors.clone()
+    if mode == "jitter":
+        anchors += torch.randn(anchors.shape, generator=g) * 3.0
+    else:
+        start = 0
+        for n in scene.level_sizes:
+            perm = torch.randperm(n, generator=g) + start
+            anchors[start:start + n] = scene.anchors[perm]
+            start += n
+    return Scene(anchors, scene.valid, scene.level_sizes, scene.gt_boxes, scene.num_gt, scene.image_sizes)
 
 
 def bench_scene(batch: int, num_gt: int, seed: int = 0, hw: tuple[int, int] = (800, 1333)) -> Scene:

@@ -4,29 +4,23 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <vector>
 
 #include "common/atss_candidates.h"
 #include "common/checks.h"
+#include "common/coop.h"
 #include "common/levels_cpu.h"
 
 namespace atss {
-namespace {
-
-inline void claim_max(uint64_t* slot, uint64_t key) {
-  std::atomic_ref<uint64_t> ref(*slot);
-  uint64_t cur = ref.load(std::memory_order_relaxed);
-  while (cur < key && !ref.compare_exchange_weak(cur, key, std::memory_order_relaxed)) {
-  }
-}
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> atss_assign_cpu(const at::Tensor& anchors_, const at::Tensor& valid_,
                                                    at::IntArrayRef level_sizes, const at::Tensor& gt_boxes_,
-                                                   const at::Tensor& num_gt_, int64_t topk) {
+                                                   const at::Tensor& num_gt_, int64_t topk,
+                                                   at::OptionalIntArrayRef grid_hw, at::OptionalIntArrayRef strides,
+                                                   const std::optional<at::Tensor>& extent) {
   at::Tensor levels = check_assign_args(anchors_, valid_, level_sizes, gt_boxes_, num_gt_, topk);
+  // The CPU kernel is the oracle of the CUDA geometry path: it checks the geometry and ignores it.
+  check_geometry_args(levels, gt_boxes_, grid_hw, strides, extent);
   TORCH_CHECK(gt_boxes_.device().is_cpu(), "atss_assign_cpu: tensors must be on the CPU, got ",
               gt_boxes_.device());
   const at::Tensor anchors = anchors_.contiguous(), valid = valid_.contiguous();
@@ -63,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor> atss_assign_cpu(const at::Tensor& anchors_, c
         if (count < 2) continue;  // a single candidate: undefined std, no positive
         for (int64_t s = 0; s < slots; ++s) {
           if (cand[s] >= 0 && is_positive(a, cand[s], gt, thr, ious[s]))
-            claim_max(keys + i * n + cand[s], pack_claim(ious[s], j));
+            atomic_max_u64(keys + i * n + cand[s], pack_claim(ious[s], j));
         }
       }
     });

@@ -1,3 +1,4 @@
+// Launches only: the kernel body is box_iou/box_iou_kernel.h, which the CPU harness runs too.
 #include "box_iou/box_iou.h"
 
 #include <c10/cuda/CUDAStream.h>
@@ -5,19 +6,15 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "common/atss_math.h"
+#include "box_iou/box_iou_kernel.h"
 #include "common/checks.h"
 
 namespace atss {
 namespace {
 
-// One thread per output element; the arithmetic is atss::box_iou, as on the CPU.
 __global__ void box_iou_kernel(const float* __restrict__ boxes1, const float* __restrict__ boxes2, int64_t n,
                                int64_t m, int64_t total, float* __restrict__ out) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= total) return;
-  const int64_t r = t / m, j = t % m;  // r = batch * n + row
-  out[t] = box_iou(boxes1 + 4 * r, boxes2 + 4 * ((r / n) * m + j));
+  box_iou_thread(blockIdx.x, static_cast<int>(threadIdx.x), boxes1, boxes2, n, m, total, out);
 }
 
 }  // namespace
@@ -32,9 +29,9 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1_, const at::Tensor& boxes2_) {
   at::Tensor out = batched ? at::empty({b, n, m}, boxes1.options()) : at::empty({n, m}, boxes1.options());
   const int64_t total = b * n * m;
   if (total == 0) return out;
-  constexpr int kThreads = 256;
-  const auto blocks = static_cast<unsigned>((total + kThreads - 1) / kThreads);
-  box_iou_kernel<<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  const Launch launch = box_iou_launch(total);
+  TORCH_CHECK(launch.blocks < (int64_t{1} << 31), "box_iou: too many pairs, got ", total);
+  box_iou_kernel<<<static_cast<unsigned>(launch.blocks), launch.threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       boxes1.data_ptr<float>(), boxes2.data_ptr<float>(), n, m, total, out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

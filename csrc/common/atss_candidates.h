@@ -73,52 +73,87 @@ ATSS_HD void push_anchor(const float* anchors, const bool* valid, int64_t i, flo
   if (valid[i]) top.push(centre_distance(anchor_cx(anchors, i), anchor_cy(anchors, i), gx, gy), i);
 }
 
+// The growing window of the grid search (see the file comment): where it starts, how it
+// grows, and the lower bound on the distance of every anchor outside it. The sequential search
+// below and the team search (common/gt_pass.h) walk the same windows.
+struct GridWindow {
+  const float* anchors;
+  int64_t start, w, h;
+  int64_t c, r;          // the window's centre column and row
+  float dx_min, dy_min;  // smallest |dx| over all columns, |dy| over all rows
+  int64_t rad;
+  int64_t x0, x1, y0, y1;      // the window now
+  int64_t ox0, ox1, oy0, oy1;  // the window scanned before it (empty at first)
+
+  ATSS_HD float colx(int64_t x) const { return anchor_cx(anchors, start + x); }
+  ATSS_HD float rowy(int64_t y) const { return anchor_cy(anchors, start + y * w); }
+
+  ATSS_HD void init(const float* anchors_, const int64_t* level, float gx, float gy, int k) {
+    anchors = anchors_;
+    start = level[kStart];
+    w = level[kWidth];
+    h = level[kSize] / level[kWidth];
+    const int64_t p = count_cols_le(anchors, start, w, gx);  // colx[p-1] <= gx < colx[p]
+    const int64_t q = count_rows_le(anchors, start, w, h, gy);
+    // Window centre: the nearer of the two columns (rows) around the GT centre.
+    c = (p == w || (p > 0 && gx - colx(p - 1) <= colx(p) - gx)) ? p - 1 : p;
+    r = (q == h || (q > 0 && gy - rowy(q - 1) <= rowy(q) - gy)) ? q - 1 : q;
+    // Smallest |dx| over all columns and |dy| over all rows (at p-1 / p, q-1 / q): bounds for strips.
+    dx_min = INFINITY;
+    dy_min = INFINITY;
+    if (p > 0) dx_min = min_f(dx_min, fabsf(colx(p - 1) - gx));
+    if (p < w) dx_min = min_f(dx_min, fabsf(colx(p) - gx));
+    if (q > 0) dy_min = min_f(dy_min, fabsf(rowy(q - 1) - gy));
+    if (q < h) dy_min = min_f(dy_min, fabsf(rowy(q) - gy));
+    int64_t s = 0;  // integer square root of k: the starting radius covers about (2 + sqrt(k))^2 anchors
+    while ((s + 1) * (s + 1) <= k) ++s;
+    rad = 1 + s / 2;
+    ox0 = 0; ox1 = -1; oy0 = 0; oy1 = -1;
+    place();
+  }
+  ATSS_HD void place() {
+    x0 = max_i(c - rad, 0); x1 = min_i(c + rad, w - 1);
+    y0 = max_i(r - rad, 0); y1 = min_i(r + rad, h - 1);
+  }
+  // Whether cell (x, y) of the window now was in the window scanned before.
+  ATSS_HD bool scanned(int64_t x, int64_t y) const { return y >= oy0 && y <= oy1 && x >= ox0 && x <= ox1; }
+  ATSS_HD bool whole() const { return x0 == 0 && x1 == w - 1 && y0 == 0 && y1 == h - 1; }
+  // Every anchor outside the window is in a strip beyond one of its sides; its distance is at
+  // least that side's bound (monotonicity), so the smallest bounds them all.
+  ATSS_HD float bound(float gx, float gy) const {
+    float b = INFINITY;
+    if (x0 > 0) b = min_f(b, hypot_f(colx(x0 - 1) - gx, dy_min));
+    if (x1 < w - 1) b = min_f(b, hypot_f(colx(x1 + 1) - gx, dy_min));
+    if (y0 > 0) b = min_f(b, hypot_f(dx_min, rowy(y0 - 1) - gy));
+    if (y1 < h - 1) b = min_f(b, hypot_f(dx_min, rowy(y1 + 1) - gy));
+    return b;
+  }
+  ATSS_HD void grow() {
+    ox0 = x0; ox1 = x1; oy0 = y0; oy1 = y1;
+    rad += 1 + rad / 2;
+    place();
+  }
+};
+
 // The k nearest valid anchors of a grid level by a growing window (see the file comment).
 ATSS_HD void grid_search(const float* anchors, const bool* valid, const int64_t* level, float gx,
                          float gy, TopK& top) {
-  const int64_t start = level[kStart], w = level[kWidth], h = level[kSize] / level[kWidth];
-  const int64_t p = count_cols_le(anchors, start, w, gx);  // colx[p-1] <= gx < colx[p]
-  const int64_t q = count_rows_le(anchors, start, w, h, gy);
-  auto colx = [&](int64_t x) { return anchor_cx(anchors, start + x); };
-  auto rowy = [&](int64_t y) { return anchor_cy(anchors, start + y * w); };
-  // Window centre: the nearer of the two columns (rows) around the GT centre.
-  const int64_t c = (p == w || (p > 0 && gx - colx(p - 1) <= colx(p) - gx)) ? p - 1 : p;
-  const int64_t r = (q == h || (q > 0 && gy - rowy(q - 1) <= rowy(q) - gy)) ? q - 1 : q;
-  // Smallest |dx| over all columns and |dy| over all rows (at p-1 / p, q-1 / q): bounds for strips.
-  float dx_min = INFINITY, dy_min = INFINITY;
-  if (p > 0) dx_min = min_f(dx_min, fabsf(colx(p - 1) - gx));
-  if (p < w) dx_min = min_f(dx_min, fabsf(colx(p) - gx));
-  if (q > 0) dy_min = min_f(dy_min, fabsf(rowy(q - 1) - gy));
-  if (q < h) dy_min = min_f(dy_min, fabsf(rowy(q) - gy));
-  int64_t s = 0;  // integer square root of k: the starting radius covers about (2 + sqrt(k))^2 anchors
-  while ((s + 1) * (s + 1) <= top.k) ++s;
-  int64_t rad = 1 + s / 2;
-  int64_t ox0 = 0, ox1 = -1, oy0 = 0, oy1 = -1;  // the window scanned so far (empty)
+  GridWindow win;
+  win.init(anchors, level, gx, gy, top.k);
   while (true) {
-    const int64_t x0 = max_i(c - rad, 0), x1 = min_i(c + rad, w - 1);
-    const int64_t y0 = max_i(r - rad, 0), y1 = min_i(r + rad, h - 1);
-    for (int64_t y = y0; y <= y1; ++y) {
-      const int64_t row = start + y * w;
-      if (y >= oy0 && y <= oy1) {  // a row of the old window: only its new columns
-        for (int64_t x = x0; x < ox0; ++x) push_anchor(anchors, valid, row + x, gx, gy, top);
-        for (int64_t x = ox1 + 1; x <= x1; ++x) push_anchor(anchors, valid, row + x, gx, gy, top);
+    for (int64_t y = win.y0; y <= win.y1; ++y) {
+      const int64_t row = win.start + y * win.w;
+      if (y >= win.oy0 && y <= win.oy1) {  // a row of the old window: only its new columns
+        for (int64_t x = win.x0; x < win.ox0; ++x) push_anchor(anchors, valid, row + x, gx, gy, top);
+        for (int64_t x = win.ox1 + 1; x <= win.x1; ++x) push_anchor(anchors, valid, row + x, gx, gy, top);
       } else {
-        for (int64_t x = x0; x <= x1; ++x) push_anchor(anchors, valid, row + x, gx, gy, top);
+        for (int64_t x = win.x0; x <= win.x1; ++x) push_anchor(anchors, valid, row + x, gx, gy, top);
       }
     }
-    ox0 = x0; ox1 = x1; oy0 = y0; oy1 = y1;
-    if (x0 == 0 && x1 == w - 1 && y0 == 0 && y1 == h - 1) return;  // the whole level
-    if (top.full()) {
-      // Every anchor outside the window is in a strip beyond one of its sides; its distance
-      // is at least that side's bound (monotonicity), so `bound` bounds them all.
-      float bound = INFINITY;
-      if (x0 > 0) bound = min_f(bound, hypot_f(colx(x0 - 1) - gx, dy_min));
-      if (x1 < w - 1) bound = min_f(bound, hypot_f(colx(x1 + 1) - gx, dy_min));
-      if (y0 > 0) bound = min_f(bound, hypot_f(dx_min, rowy(y0 - 1) - gy));
-      if (y1 < h - 1) bound = min_f(bound, hypot_f(dx_min, rowy(y1 + 1) - gy));
-      if (bound > top.worst()) return;  // strictly: an outside tie could have a lower index
-    }
-    rad += 1 + rad / 2;
+    if (win.whole()) return;  // the whole level
+    // Strictly: an outside tie could have a lower index.
+    if (top.full() && win.bound(gx, gy) > top.worst()) return;
+    win.grow();
   }
 }
 

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <vector>
 
 #include "common/atss_candidates.h"
@@ -64,6 +65,52 @@ inline at::Tensor check_assign_args(const at::Tensor& anchors, const at::Tensor&
   TORCH_CHECK(start == anchors.size(0), "level_sizes must sum to the number of anchors N=", anchors.size(0),
               ", got ", level_sizes, " (sum ", start, ")");
   return levels;
+}
+
+// The optional geometry of atss_assign and topk_candidates (ops.GridGeometry): per level the
+// grid (H, W) and stride, per image the valid extent (pad_h, pad_w). All or none.
+struct Geometry {
+  std::vector<int64_t> height, width, stride;
+  at::Tensor extent;  // int64 [B, 2], contiguous, on the inputs' device
+};
+
+// Checks the geometry arguments against the level table of check_assign_args (shapes only:
+// whether the anchors and valid flags keep the promise is the Python layer's validate=True).
+inline std::optional<Geometry> check_geometry_args(const at::Tensor& levels, const at::Tensor& gt_boxes,
+                                                   at::OptionalIntArrayRef grid_hw, at::OptionalIntArrayRef strides,
+                                                   const std::optional<at::Tensor>& extent) {
+  const bool any = grid_hw.has_value() || strides.has_value() || extent.has_value();
+  if (!any) return std::nullopt;
+  TORCH_CHECK(grid_hw.has_value() && strides.has_value() && extent.has_value(),
+              "geometry: grid_hw, strides and extent must be given together, got grid_hw ",
+              grid_hw.has_value() ? "set" : "None", ", strides ", strides.has_value() ? "set" : "None", ", extent ",
+              extent.has_value() ? "set" : "None");
+  const int64_t num_levels = levels.size(0);
+  const auto hw = *grid_hw;
+  const auto st = *strides;
+  TORCH_CHECK(static_cast<int64_t>(hw.size()) == 2 * num_levels, "grid_hw must hold (H, W) of each of the ",
+              num_levels, " levels, got ", hw);
+  TORCH_CHECK(static_cast<int64_t>(st.size()) == num_levels, "strides must hold one stride per level (",
+              num_levels, "), got ", st);
+  Geometry g;
+  const auto* lv = levels.data_ptr<int64_t>();
+  for (int64_t l = 0; l < num_levels; ++l) {
+    const int64_t h = hw[2 * l], w = hw[2 * l + 1], size = lv[l * kLevelFieldsCount + kSize];
+    TORCH_CHECK(h >= 0 && w >= 0 && h * w == size, "grid_hw: level ", l, " must have H * W = level size ", size,
+                ", got (", h, ", ", w, ")");
+    TORCH_CHECK(st[l] >= 1, "strides must be >= 1, got ", st);
+    g.height.push_back(h);
+    g.width.push_back(w);
+    g.stride.push_back(st[l]);
+  }
+  const at::Tensor& e = *extent;
+  TORCH_CHECK(e.dim() == 2 && e.size(0) == gt_boxes.size(0) && e.size(1) == 2, "extent must be [B, 2] = [",
+              gt_boxes.size(0), ", 2], got ", e.sizes());
+  TORCH_CHECK(e.scalar_type() == at::kLong, "extent must be int64, got ", e.scalar_type());
+  TORCH_CHECK(e.device() == gt_boxes.device(), "extent must be on ", gt_boxes.device(), " like gt_boxes, got ",
+              e.device());
+  g.extent = e.contiguous();
+  return g;
 }
 
 }  // namespace atss

@@ -12,8 +12,12 @@
 namespace atss {
 
 at::Tensor topk_candidates_cpu(const at::Tensor& anchors_, const at::Tensor& valid_, at::IntArrayRef level_sizes,
-                               const at::Tensor& gt_boxes_, const at::Tensor& num_gt_, int64_t topk) {
+                               const at::Tensor& gt_boxes_, const at::Tensor& num_gt_, int64_t topk,
+                                                   at::OptionalIntArrayRef grid_hw, at::OptionalIntArrayRef strides,
+                                                   const std::optional<at::Tensor>& extent) {
   at::Tensor levels = check_assign_args(anchors_, valid_, level_sizes, gt_boxes_, num_gt_, topk);
+  // The CPU kernel is the oracle of the CUDA geometry path: it checks the geometry and ignores it.
+  check_geometry_args(levels, gt_boxes_, grid_hw, strides, extent);
   TORCH_CHECK(gt_boxes_.device().is_cpu(), "topk_candidates_cpu: tensors must be on the CPU, got ",
               gt_boxes_.device());
   const at::Tensor anchors = anchors_.contiguous(), valid = valid_.contiguous();
