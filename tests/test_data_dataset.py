@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from atss_cli.data import (CorruptImagesError, TestDataset, TrainDataset, build_test_loader, build_train_loader,
-                           generate_synthetic, load_split)
+from atss_cli.data import (BadTargetsError, CorruptImagesError, TestDataset, TrainDataset, build_test_loader,
+                           build_train_loader, generate_synthetic, load_split)
 from atss_cli.data.transforms import MEAN, STD
 
 SCALE = (64, 48)
@@ -96,6 +96,51 @@ def test_bad_test_image_is_an_error_naming_it(coco):
         message = str(exc)
     batches._shutdown_workers()  # now, not when a later test collects the iterator
     assert message is not None and "\n" not in message and cache.file_name(1) in message
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("label", r"label 4 is not in 0\.\.3"),
+    ("negative", r"label -1 is not in 0\.\.3"),
+    ("box", r"box \[.*nan.*\] is not finite"),
+    ("count", r"labels must be int64 \[\d+\] \(one per box\), got torch.int64 \[\d+\]"),
+])
+def test_bad_targets_fail_where_the_sample_is_built(syn, monkeypatch, damage, needle):
+    """The model trusts the loader's targets (no device read-back): the dataset checks them, and
+    the error names the image in one line, from a loader worker too."""
+    from atss_cli.data.cache import CocoCache
+
+    cache = load_split(syn, "train2017")
+    boxes, labels = CocoCache.boxes, CocoCache.labels
+
+    def bad_labels(self, i):
+        out = labels(self, i).copy()
+        if damage == "count":
+            return out[:-1]
+        if damage in ("label", "negative") and len(out):
+            out[-1] = 4 if damage == "label" else -1
+        return out
+
+    def bad_boxes(self, i):
+        out = boxes(self, i).copy()
+        if damage == "box" and len(out):
+            out[0, 1] = np.nan
+        return out
+
+    monkeypatch.setattr(CocoCache, "labels", bad_labels)
+    monkeypatch.setattr(CocoCache, "boxes", bad_boxes)
+    ds = TrainDataset(cache, scale=SCALE)
+    pos = next(j for j in range(len(ds)) if len(labels(cache, int(ds.indices[j]))))
+    with pytest.raises(BadTargetsError, match=rf"^image {cache.file_name(int(ds.indices[pos]))}: {needle}$"):
+        ds[(pos, 0)]
+    loader, sampler = build_train_loader(cache, batch_per_rank=2, workers=1, scale=SCALE)
+    batches = iter(loader)
+    message = None
+    try:
+        list(batches)
+    except BadTargetsError as exc:
+        message = str(exc)
+    batches._shutdown_workers()
+    assert message is not None and "\n" not in message and message.startswith("image "), message
 
 
 def _python_containers(obj, seen=None, depth=0):

@@ -32,7 +32,9 @@ Contract (issue 4; the engine codes against these names):
         "ori_shape", "scale_factor" (sx, sy), "image_id", "index", "flipped", "skipped"}.
         Training replaces a bad image by the next good one (deterministic) and names it in
         "skipped"; more than max_corrupt bad files per process, or any bad file in the test
-        set, raise CorruptImagesError (an AtssError).
+        set, raise CorruptImagesError (an AtssError). A sample whose boxes are not finite float32
+        [M, 4] or whose labels are not int64 in 0..C-1 raises BadTargetsError (an AtssError,
+        one line also from a worker) naming the image: the model trusts what the loader gives.
 
     collate(samples) -> {"images": float32 [B, 3, H, W] (zero-padded to a multiple of 32),
                          "targets": [{"boxes", "labels", "img_shape", "ori_shape",
@@ -64,6 +66,7 @@ _EXPORTS = {
     "load_split": "cache", "CocoCache": "cache",
     "generate_synthetic": "synthetic",
     "TrainDataset": "dataset", "TestDataset": "dataset", "collate": "dataset", "CorruptImagesError": "dataset",
+    "BadTargetsError": "dataset", "check_sample_targets": "dataset",
     "GroupedGlobalBatchSampler": "sampler", "TestShardSampler": "sampler",
     "build_train_loader": "loader", "build_test_loader": "loader",
 }

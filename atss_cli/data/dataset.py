@@ -15,6 +15,9 @@ A sample (dict):
 The datasets hold the `CocoCache` (memory-mapped arrays, pickled as paths) and a numpy index
 array, never a list of per-image Python objects: DataLoader workers share the page cache.
 
+Boxes and labels are checked here (`check_sample_targets`, one-line `BadTargetsError`): the
+model trusts them, so a training step never reads them back from the device.
+
 Training: a missing or undecodable file is replaced by the next training image that decodes
 (deterministic), named in `skipped`, and counted per process; more than `max_corrupt` distinct
 bad files in one process raise `CorruptImagesError` naming them. Test: a bad file raises
@@ -39,8 +42,8 @@ from atss_cli.errors import AtssError
 DEFAULT_SCALE = (1333, 800)
 
 
-class CorruptImagesError(AtssError):
-    """Too many bad images in training, or one in evaluation. One line, also from a loader worker.
+class DataError(AtssError):
+    """An AtssError that stays one line when a DataLoader worker raises it.
 
     A DataLoader re-raises a worker's exception as `type(exc)("Caught ... Original Traceback ...")`;
     this class keeps only the original message, so the CLI still prints one line.
@@ -52,6 +55,34 @@ class CorruptImagesError(AtssError):
             head = f"{type(self).__module__}.{type(self).__name__}: "
             message = last[len(head):] if last.startswith(head) else last.split(": ", 1)[-1]
         super().__init__(message)
+
+
+class CorruptImagesError(DataError):
+    """Too many bad images in training, or one in evaluation. One line, also from a loader worker."""
+
+
+class BadTargetsError(DataError):
+    """A sample whose boxes or labels the model cannot take. One line, also from a loader worker."""
+
+
+def check_sample_targets(boxes: torch.Tensor, labels: torch.Tensor, num_classes: int, where: str) -> None:
+    """BadTargetsError naming `where` unless boxes is float32 [M, 4] and finite and labels int64 [M]
+    in 0..num_classes-1. The data pipeline checks here, on the host, what the model then trusts:
+    the training step reads nothing back from the device to check it again."""
+    if boxes.dtype != torch.float32 or boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise BadTargetsError(f"{where}: boxes must be float32 [M, 4], got {boxes.dtype} {list(boxes.shape)}")
+    if labels.dtype != torch.int64 or labels.shape != (boxes.shape[0],):
+        raise BadTargetsError(f"{where}: labels must be int64 [{boxes.shape[0]}] (one per box), "
+                              f"got {labels.dtype} {list(labels.shape)}")
+    if boxes.shape[0] == 0:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(labels))
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise BadTargetsError(f"{where}: label {bad} is not in 0..{num_classes - 1}")
+    if not bool(torch.isfinite(boxes).all()):
+        bad = boxes[~torch.isfinite(boxes).all(1)][0].tolist()
+        raise BadTargetsError(f"{where}: box {bad} is not finite")
 
 
 def _key(key) -> tuple[int, int | None]:
@@ -82,6 +113,7 @@ class _Base(torch.utils.data.Dataset):
         if flip:
             image, boxes = hflip(image, boxes)
         h, w = int(image.shape[-2]), int(image.shape[-1])
+        check_sample_targets(boxes, labels, cache.num_classes, f"image {cache.file_name(idx)}")
         return {"image": normalize(image), "boxes": boxes, "labels": labels, "img_shape": (h, w),
                 "ori_shape": (ori_h, ori_w), "scale_factor": (sx, sy), "image_id": int(cache.image_ids[idx]),
                 "index": idx, "flipped": flip, "skipped": skipped}

@@ -100,11 +100,10 @@ def find_pretrained(depth: int, explicit: str) -> Path | None:
 
 
 def _to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, list[dict]]:
-    images = batch["images"].to(device, non_blocking=True)
-    targets = []
-    for t in batch["targets"]:
-        targets.append({k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()})
-    return images, targets
+    """The images on `device` (asynchronously: on CUDA the loader pins them); the targets stay on
+    the host, where the model checks them, pads them into pinned buffers and uploads each padded
+    tensor in one asynchronous copy (under DDP, DistributedDataParallel moves them first)."""
+    return batch["images"].to(device, non_blocking=True), batch["targets"]
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -240,7 +239,7 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
     loader, sampler = build_train_loader(
         train_set, batch_per_rank=cfg.batch_per_gpu, world_size=info.world_size, rank=info.rank,
         seed=cfg.seed, workers=cfg.workers, scale=tuple(cfg.scale), flip_prob=cfg.flip_prob,
-        max_corrupt=cfg.max_bad_images)
+        max_corrupt=cfg.max_bad_images, pin_memory=device.type == "cuda")
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
         raise AtssError(f"{cfg.train_split}: {len(train_set.train_indices())} usable training images, "

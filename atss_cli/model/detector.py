@@ -16,8 +16,9 @@ from atss_cli.model.anchors import AnchorGenerator
 from atss_cli.model.backbone import ResNet
 from atss_cli.model.fpn import FPN
 from atss_cli.model.head import ATSSHead
-from atss_cli.model.loss import atss_losses, pad_targets
+from atss_cli.model.loss import atss_losses
 from atss_cli.model.postprocess import postprocess_image
+from atss_cli.model.targets import check_targets, pad_targets
 
 
 class ATSS(nn.Module):
@@ -72,18 +73,32 @@ class ATSS(nn.Module):
 
     def assign(self, sizes: Sequence[tuple[int, int]], targets: Sequence[dict], device):
         """ATSS assignment of a batch: (anchors [N, 4], assigned int64 [B, N], gt_boxes [B, M, 4],
-        gt_labels [B, M]); one `ops.atss_assign` call for the whole batch."""
-        anchors = self.anchor_generator.anchors(sizes, device)
-        valid = self.anchor_generator.valid_flags(sizes, [t["img_shape"] for t in targets], device)
-        gt_boxes, gt_labels, num_gt = pad_targets(targets, device, self.num_classes)
-        level_sizes = [h * w for h, w in sizes]
+        gt_labels [B, M]); one `ops.atss_assign` call for the whole batch.
+
+        Reads no value back from the device and branches on none (it compiles with
+        `torch.compile(fullgraph=True)` and captures in a CUDA graph): the targets are trusted
+        (`check_targets` runs in `loss_from_outputs`, the data pipeline checks its own), the
+        host's small tensors are uploaded from pinned memory, and the op gets the grid geometry
+        the anchors were made from instead of detecting it, without validation.
+        """
+        device = torch.device(device)
+        generator = self.anchor_generator
+        anchors = generator.anchors(sizes, device)
+        extent = generator.extents([t["img_shape"] for t in targets], device)    # int64 [B, 2]
+        valid = generator.valid_flags(sizes, None, device, extent=extent)       # bool [B, N]
+        gt_boxes, gt_labels, num_gt = pad_targets(targets, device)
+        level_sizes = [int(h) * int(w) for h, w in sizes]
+        geometry = ops.GridGeometry(level_shapes=tuple((int(h), int(w)) for h, w in sizes),
+                                    strides=generator.strides[:len(sizes)], extent=extent)
         assigned, _ = ops.atss_assign(anchors, valid, level_sizes, gt_boxes, num_gt, topk=self.topk,
-                                      backend=self.assign_backend)
+                                      validate=False, backend=self.assign_backend, geometry=geometry)
         return anchors, assigned, gt_boxes, gt_labels
 
     def loss_from_outputs(self, cls_scores, bbox_preds, centernesses, targets: Sequence[dict]
                           ) -> dict[str, torch.Tensor]:
-        """The losses of given head outputs (as `model(images)` returns them) against `targets`."""
+        """The losses of given head outputs (as `model(images)` returns them) against `targets`.
+        Host targets are checked first (one-line AtssError); device targets are trusted."""
+        check_targets(targets, self.num_classes)
         sizes = [tuple(x.shape[-2:]) for x in cls_scores]
         anchors, assigned, gt_boxes, gt_labels = self.assign(sizes, targets, cls_scores[0].device)
         return atss_losses(cls_scores, bbox_preds, centernesses, anchors, assigned, gt_boxes, gt_labels)

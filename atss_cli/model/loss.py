@@ -2,7 +2,9 @@
 
 The assignment is one `ops.atss_assign` call over the padded batch; the per-anchor targets are
 then gathered from the padded GT tensors (no loop over boxes), and the losses are sums over the
-batch divided by MMDetection's normalisers:
+batch divided by MMDetection's normalisers. Every term is computed for every anchor and masked
+(positives, valid anchors) rather than gathered with a boolean index: a boolean index has a
+data-dependent size, which the host would have to read back from the device.
 
 - `avg_factor` = sum over images of max(#positives, 1), averaged over processes;
 - classification: sigmoid focal loss (gamma 2, alpha 0.25) over every valid anchor and class;
@@ -18,7 +20,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from atss_cli.errors import AtssError
 from atss_cli.model.anchors import decode
 
 FOCAL_ALPHA = 0.25
@@ -36,28 +37,6 @@ def reduce_mean(t: torch.Tensor) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t.div_(dist.get_world_size()), op=dist.ReduceOp.SUM)
     return t
-
-
-def pad_targets(targets: Sequence[dict], device, num_classes: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image GT lists -> (gt_boxes float32 [B, M, 4], gt_labels int64 [B, M], num_gt int64 [B]),
-    padded with zeros to M = max(1, most GTs in an image). Labels must lie in 0..num_classes-1."""
-    boxes = [torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4) for t in targets]
-    labels = [torch.as_tensor(t["labels"], dtype=torch.int64).reshape(-1) for t in targets]
-    for i, (b, l) in enumerate(zip(boxes, labels)):
-        if b.shape[0] != l.shape[0]:
-            raise AtssError(f"target {i}: {b.shape[0]} boxes but {l.shape[0]} labels")
-    m = max([1] + [b.shape[0] for b in boxes])
-    gt_boxes = torch.zeros((len(targets), m, 4), dtype=torch.float32, device=device)
-    gt_labels = torch.zeros((len(targets), m), dtype=torch.int64, device=device)
-    for i, (b, l) in enumerate(zip(boxes, labels)):  # one copy per image
-        gt_boxes[i, : b.shape[0]] = b.to(device, non_blocking=True)
-        gt_labels[i, : l.shape[0]] = l.to(device, non_blocking=True)
-    num_gt = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64, device=device)
-    if num_classes is not None and bool(((gt_labels < 0) | (gt_labels >= num_classes)).any()):  # one sync
-        i = next(i for i, l in enumerate(labels) if l.numel() and (l.min() < 0 or l.max() >= num_classes))
-        raise AtssError(f"target {i}: labels must be in 0..{num_classes - 1}, got {labels[i].tolist()}")
-    return gt_boxes, gt_labels, num_gt
 
 
 def centerness_target(anchors: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -84,14 +63,14 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = GIOU_EPS) -
     return 1 - giou
 
 
-def sigmoid_focal_loss_sum(logits: torch.Tensor, target: torch.Tensor,
-                           alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
-    """Sum of the sigmoid focal loss over all elements; logits and 0/1 target of the same shape."""
+def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor,
+                       alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+    """The sigmoid focal loss of each element; logits and 0/1 target of the same shape."""
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     pt = (1 - p) * target + p * (1 - target)               # 1 - p_t
     weight = (alpha * target + (1 - alpha) * (1 - target)) * pt.pow(gamma)
-    return (ce * weight).sum()
+    return ce * weight
 
 
 def flatten_levels(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -103,7 +82,7 @@ def flatten_levels(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
 def atss_losses(cls_scores: Sequence[torch.Tensor], bbox_preds: Sequence[torch.Tensor],
                 centernesses: Sequence[torch.Tensor], anchors: torch.Tensor, assigned: torch.Tensor,
                 gt_boxes: torch.Tensor, gt_labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The three ATSS losses of a batch.
+    """The three ATSS losses of a batch, without reading anything back from the device.
 
     cls_scores, bbox_preds, centernesses: per level [B, C, H, W], [B, 4, H, W], [B, 1, H, W];
     anchors float32 [N, 4]; assigned int64 [B, N] (0-based GT, -1 background, -2 ignored);
@@ -114,6 +93,7 @@ def atss_losses(cls_scores: Sequence[torch.Tensor], bbox_preds: Sequence[torch.T
     cls = flatten_levels(cls_scores).float()                  # [B, N, C]
     box = flatten_levels(bbox_preds).float()                  # [B, N, 4]
     ctr = flatten_levels(centernesses).float()[..., 0]        # [B, N]
+    b, n = assigned.shape
 
     pos = assigned >= 0                                       # [B, N]
     valid = assigned != -2                                    # [B, N]: ignored anchors have no loss
@@ -122,24 +102,20 @@ def atss_losses(cls_scores: Sequence[torch.Tensor], bbox_preds: Sequence[torch.T
     # Classification over every valid anchor; positives get their GT's class as target.
     gt_index = assigned.clamp(min=0)                          # [B, N]
     labels = torch.gather(gt_labels, 1, gt_index)             # [B, N]
-    valid_cls = cls[valid]                                    # [K, C]
-    pos_rows = pos[valid].nonzero().squeeze(1)                # [P]: rows of valid_cls that are positive
-    onehot = torch.zeros_like(valid_cls)
-    onehot[pos_rows, labels[valid][pos_rows]] = 1.0
-    loss_cls = sigmoid_focal_loss_sum(valid_cls, onehot) / avg_factor
+    onehot = torch.zeros_like(cls).scatter_(2, labels[..., None], pos[..., None].to(cls.dtype))
+    focal = sigmoid_focal_loss(cls, onehot)                   # [B, N, C]
+    loss_cls = torch.where(valid[..., None], focal, 0.0).sum() / avg_factor
 
-    # Box and centerness over the positives.
-    img_idx, anchor_idx = pos.nonzero(as_tuple=True)          # [P], [P]
-    pos_anchors = anchors[anchor_idx]                         # [P, 4]
-    pos_gt = gt_boxes[img_idx, gt_index[img_idx, anchor_idx]]  # [P, 4]
-    ctr_target = centerness_target(pos_anchors, pos_gt)       # [P]
+    # Box and centerness over the positives: every anchor is paired with a GT box of its image
+    # (padding for an image without GT), so its terms are finite, and all but positives masked.
+    pos_gt = torch.gather(gt_boxes, 1, gt_index[..., None].expand(b, n, 4))        # [B, N, 4]
+    all_anchors = anchors[None].expand(b, n, 4)
+    ctr_target = centerness_target(all_anchors.reshape(-1, 4), pos_gt.reshape(-1, 4)).view(b, n)
+    ctr_target = torch.where(pos, ctr_target, 0.0)            # [B, N]; NaN outside GTs, masked
     ctr_sum = reduce_mean(ctr_target.sum()).clamp(min=1)      # every process joins, positives or not
-    if anchor_idx.numel() > 0:
-        pos_boxes = decode(pos_anchors, box[img_idx, anchor_idx])
-        loss_bbox = BBOX_LOSS_WEIGHT * (giou_loss(pos_boxes, pos_gt) * ctr_target).sum() / ctr_sum
-        loss_ctr = F.binary_cross_entropy_with_logits(ctr[img_idx, anchor_idx], ctr_target,
-                                                      reduction="sum") / avg_factor
-    else:
-        loss_bbox = box.sum() * 0 + 0.0                       # + 0.0: never -0.0
-        loss_ctr = ctr.sum() * 0 + 0.0
+    pred = decode(all_anchors, box)                           # [B, N, 4]
+    giou = giou_loss(pred.reshape(-1, 4), pos_gt.reshape(-1, 4)).view(b, n)
+    loss_bbox = BBOX_LOSS_WEIGHT * torch.where(pos, giou * ctr_target, 0.0).sum() / ctr_sum
+    bce = F.binary_cross_entropy_with_logits(ctr, ctr_target, reduction="none")
+    loss_ctr = torch.where(pos, bce, 0.0).sum() / avg_factor
     return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
