@@ -18,6 +18,7 @@ def test_bench_rows_tiny_cpu():
     for r in rows:
         assert r.size == "100x70" and r.padded == "128x96" and r.batch == 2 and r.depth == 18
         assert 0 < r.min_s <= r.median_s <= r.max_s and r.images_per_s > 0
+        assert r.peak_gb is None  # CUDA only
     assert rows[-1].detections is not None
 
 
@@ -57,3 +58,14 @@ def test_cli_json_and_no_torch_at_import(tmp_path):
     data = json.loads(out.read_text())
     assert data["environment"]["torch"] and data["rows"][0]["mode"] == "forward"
     assert main(["bench", "model", "--size", "12x12"]) == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+def test_bench_cuda_bf16_channels_last_tiny():
+    """The CUDA path of the benchmark itself (bench/gpu-check.sh times R50 with these options)."""
+    rows = bench_model(devices=["cuda"], sizes=[(160, 128)], modes=["train", "predict"], preset="tiny",
+                       num_classes=3, batch=2, amp="bf16", channels_last=True, repeats=2, warmup=1)
+    assert [r.mode for r in rows] == ["train", "predict"]
+    for r in rows:
+        assert r.device.startswith("cuda (") and r.peak_gb > 0 and r.images_per_s > 0

@@ -104,3 +104,105 @@ def test_cuda_bad_device_mix():
 
     with pytest.raises(AtssError, match="anchors must be on the device of gt_boxes"):
         ops.atss_assign(s.anchors, s.valid.cuda(), s.level_sizes, s.gt_boxes.cuda(), s.num_gt.cuda())
+
+
+# --- the geometry path (issue 11, deliverable 4): one pass, no host sync, capturable ---------------
+
+def grid_scene(seed: int) -> tuple[scenes.Scene, object]:
+    """A random grid scene (rectangle valid flags) and its ops.GridGeometry (on the CPU)."""
+    from atss_cli.benchmarks.assigner import grid_geometry
+
+    g = torch.Generator().manual_seed(seed)
+    b = int(torch.randint(1, 6, (1,), generator=g))
+    sizes = [(int(torch.randint(32, 801, (1,), generator=g)), int(torch.randint(32, 1334, (1,), generator=g)))
+             for _ in range(b)]
+    num_gt = [int(torch.randint(0, 201, (1,), generator=g)) for _ in range(b)]
+    scene = scenes.make_scene(seed, sizes, num_gt)
+    geo, why = grid_geometry(scene)
+    assert geo is not None, why
+    return scene, geo
+
+
+def on_cuda(geo):
+    return ops.GridGeometry(level_shapes=geo.level_shapes, strides=geo.strides, extent=geo.extent.cuda())
+
+
+@pytest.mark.parametrize("chunk", range(2))
+def test_cpu_equals_cuda_with_and_without_geometry(chunk):
+    for seed in range(500 + chunk * 15, 500 + chunk * 15 + 15):
+        scene, geo = grid_scene(seed)
+        cuda_scene, cuda_geo = scene.to("cuda"), on_cuda(geo)
+        for op in (ops.topk_candidates, ops.atss_assign):
+            want = op(*scene.args(), 9, backend="extension")
+            want = want if isinstance(want, tuple) else (want,)
+            for label, got in (
+                    ("cpu +geometry", op(*scene.args(), 9, backend="extension", geometry=geo)),
+                    ("cuda", op(*cuda_scene.args(), 9, backend="extension")),
+                    ("cuda +geometry", op(*cuda_scene.args(), 9, backend="extension", geometry=cuda_geo)),
+                    ("cuda +geometry validate=False",
+                     op(*cuda_scene.args(), 9, backend="extension", geometry=cuda_geo, validate=False))):
+                got = got if isinstance(got, tuple) else (got,)
+                for w, x in zip(want, got):
+                    assert torch.equal(w, x.cpu()), f"seed {seed} {op.__name__} {label}: differs from the CPU"
+
+
+def test_no_host_sync_with_geometry_and_validate_false():
+    scene, geo = grid_scene(601)
+    s, cuda_geo = scene.to("cuda"), on_cuda(geo)
+    ops.atss_assign(*s.args(), validate=False, geometry=cuda_geo)  # warm-up: loading, allocator
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        assigned, iou = ops.atss_assign(*s.args(), validate=False, geometry=cuda_geo)
+        cand = ops.topk_candidates(*s.args(), validate=False, geometry=cuda_geo)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    want = ops.atss_assign(*scene.args(), backend="extension")
+    assert torch.equal(assigned.cpu(), want[0]) and torch.equal(iou.cpu(), want[1])
+    assert torch.equal(cand.cpu(), ops.topk_candidates(*scene.args(), backend="extension"))
+
+
+def test_cuda_graph_capture_and_replay_equal_eager():
+    scene, geo = grid_scene(602)
+    other = scenes.make_scene(603, scene.image_sizes, [int(n) for n in scene.num_gt])  # same shapes, new boxes
+    s, cuda_geo = scene.to("cuda"), on_cuda(geo)
+    gt, num_gt = s.gt_boxes.clone(), s.num_gt.clone()  # the graph's static inputs
+
+    def call():
+        return ops.atss_assign(s.anchors, s.valid, s.level_sizes, gt, num_gt, validate=False, geometry=cuda_geo)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call()
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = ops.atss_assign(*scene.args(), backend="extension")
+    assert torch.equal(out[0].cpu(), eager[0]) and torch.equal(out[1].cpu(), eager[1])
+    # New data in the static inputs: the replay computes the new assignment.
+    gt.copy_(other.gt_boxes.cuda())
+    num_gt.copy_(other.num_gt.cuda())
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = ops.atss_assign(*other.args(), backend="extension")
+    assert torch.equal(out[0].cpu(), eager[0]) and torch.equal(out[1].cpu(), eager[1])
+
+
+def test_geometry_call_is_at_most_three_launches():
+    """Deliverable 4: with geometry, one call is at most three launches, zeroing included."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    scene, geo = grid_scene(604)
+    s, cuda_geo = scene.to("cuda"), on_cuda(geo)
+    ops.atss_assign(*s.args(), validate=False, geometry=cuda_geo)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        ops.atss_assign(*s.args(), validate=False, geometry=cuda_geo)
+        torch.cuda.synchronize()
+    launches = [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
+    assert 0 < len(launches) <= 3, launches

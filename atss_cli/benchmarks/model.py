@@ -42,6 +42,7 @@ class ModelBenchRow:
     cpu_s: float = 0.0     # median process CPU seconds per call (all threads): cpu_s / threads close to
     #                        median_s means the CPU was not shared with other work
     detections: float | None = None  # mean detections per image (predict)
+    peak_gb: float | None = None  # CUDA: the caching allocator's peak during the timed calls
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +57,8 @@ def environment(devices: Sequence[str] = ()) -> dict:
            "cuda": torch.version.cuda, "python": platform.python_version(),
            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+           "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
            "devices": {}}
     for d in devices:
         if d.startswith("cuda"):
@@ -219,6 +222,8 @@ def bench_model(*, devices: Sequence[str] = ("cpu",), sizes: Sequence[tuple[int,
                 model.train(mode != "predict")
                 fn = {"forward": forward, "train": train_step, "predict": predict}[mode]
                 detections.clear()
+                if dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(dev)
                 times, cpu = _timed(fn, repeats, warmup, sync)
                 med = statistics.median(times)
                 q = statistics.quantiles(times, n=4) if len(times) >= 2 else [med, med, med]
@@ -230,6 +235,7 @@ def bench_model(*, devices: Sequence[str] = ("cpu",), sizes: Sequence[tuple[int,
                     threads=torch.get_num_threads(), repeats=repeats, median_s=med, min_s=min(times),
                     max_s=max(times), iqr_pct=100 * (q[2] - q[0]) / med if med > 0 else 0.0,
                     images_per_s=batch / med if med > 0 else float("inf"), cpu_s=statistics.median(cpu),
-                    detections=(sum(detections) / len(detections)) if detections else None))
+                    detections=(sum(detections) / len(detections)) if detections else None,
+                    peak_gb=torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None))
         del model, optimizer
     return rows

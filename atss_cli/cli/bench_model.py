@@ -77,12 +77,13 @@ def print_rows(out, rows, env: dict) -> None:
                         "CPU s = process CPU time per call, all threads)",
                   title_justify="left")
     for name in ("device", "mode", "size (padded)", "B", "model", "median s", "min..max s", "IQR", "img/s",
-                 "CPU s", "dets"):
+                 "CPU s", "dets", "peak GB"):
         table.add_column(name, justify="left" if name in ("device", "mode", "size (padded)", "model") else "right",
                          no_wrap=True)
     for r in rows:
         variant = f"R{r.depth} {'fp32' if r.amp == 'none' else r.amp}" + (" NHWC" if r.channels_last else "")
         table.add_row(r.device, r.mode, f"{r.size} ({r.padded})", str(r.batch), variant, f"{r.median_s:.3f}",
                       f"{r.min_s:.3f}..{r.max_s:.3f}", f"{r.iqr_pct:.0f}%", f"{r.images_per_s:.2f}", f"{r.cpu_s:.2f}",
-                      "" if r.detections is None else f"{r.detections:.0f}")
+                      "" if r.detections is None else f"{r.detections:.0f}",
+                      "" if r.peak_gb is None else f"{r.peak_gb:.1f}")
     out.print(table)
