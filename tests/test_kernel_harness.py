@@ -101,6 +101,14 @@ def hand_cases() -> list[Case]:
     out.append(Case("thresholds", g, torch.ones(1, 36, dtype=torch.bool), [36], gts, torch.tensor([5]), 4,
                     ops.GridGeometry(((6, 6),), (10,), torch.tensor([[60, 60]]))))
     out.append(Case("single-valid", g, one, [36], gts, torch.tensor([5]), 4))
+    # The window's bound equals the k-th distance and the tie outside has the lower index
+    # (tests/test_ops_cases.py, outside_tie_scene): the search must grow once more.
+    g88 = grid(8, 8)
+    tie_valid = torch.zeros(1, 64, dtype=torch.bool)
+    tie_valid[0, 27] = tie_valid[0, 21] = True
+    for topk in (1, 2):
+        out.append(Case(f"outside-tie-at-bound-k{topk}", g88, tie_valid, [64],
+                        torch.tensor([[[40.0, 40.0, 48.0, 48.0]]]), torch.tensor([1]), topk))
     # 12 levels: more than a block has teams (8), so teams take turns; one level no grid.
     shapes = [(5, 7), (4, 4), (1, 9), (6, 1), (3, 5), (2, 2), (7, 3), (1, 1), (4, 6), (2, 5), (3, 3), (5, 2)]
     strides = [4, 8, 8, 16, 8, 32, 8, 64, 8, 16, 16, 8]

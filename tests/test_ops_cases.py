@@ -226,6 +226,32 @@ def test_holes_in_valid_mask_on_a_grid(backend):
     assert (a[~valid.reshape(-1)] == -2).all()
 
 
+def outside_tie_scene() -> tuple[torch.Tensor, torch.Tensor, list[list[float]]]:
+    """An 8 x 8 grid (stride 8) and a GT centred (44, 44), midway between columns 5, 6 and rows 5, 6,
+    with two valid anchors: (3, 3), index 27, and (5, 2), index 21, both at distance sqrt(800).
+    The window search reaches (3, 3) first (window of radius 2 around (5, 5), clipped at the
+    bottom-right corner) and then its bound on the anchors outside equals the k-th distance
+    exactly: stopping there (>= instead of >) would miss the tie at the lower index 21."""
+    valid = torch.zeros(8, 8, dtype=torch.bool)
+    valid[3, 3] = True
+    valid[2, 5] = True
+    return grid(8, 8), valid, [[40.0, 40.0, 48.0, 48.0]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outside_tie_at_the_window_bound_goes_to_the_lower_index(backend):
+    anchors, valid, gt = outside_tie_scene()
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    d = ((centres - 44.0) ** 2).sum(1)
+    assert float(d[27]) == float(d[21]) == 800.0  # the tie is real
+    for anchors_, sizes in layouts(anchors):
+        valid_ = torch.cat([valid.reshape(-1), torch.zeros(anchors_.shape[0] - 64, dtype=torch.bool)])
+        c, _, _ = call(backend, anchors_, gt, 1, valid=valid_, level_sizes=sizes)
+        assert c[0].tolist() == [21], sizes
+        c, _, _ = call(backend, anchors_, gt, 2, valid=valid_, level_sizes=sizes)
+        assert c[0].tolist() == [21, 27], sizes
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_row_and_one_column_grids(backend):
     for anchors in (grid(10, 1), grid(1, 10)):
