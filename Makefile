@@ -11,7 +11,7 @@ export ATSS_REQUIRE_EXTENSION ?= 1
 export MAX_JOBS ?= 2
 
 TORCH_PKGS := torch==2.14.1 torchvision==0.29.1
-DEPS := ninja pybind11 typer rich pycocotools faster-coco-eval numpy pillow matplotlib pytest
+DEPS := ninja pybind11 typer rich pycocotools faster-coco-eval numpy opencv-python-headless pillow matplotlib pytest
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
 .PHONY: install test demo bench clean

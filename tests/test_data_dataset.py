@@ -76,7 +76,7 @@ def test_bad_training_image_is_replaced_and_counted(coco):
     assert ds[(2, 5)]["index"] == int(ds.indices[3])                      # deterministic
     second = cache.file_name(int(ds.indices[7]))
     (cache.image_dir / second).unlink()
-    with pytest.raises(CorruptImagesError, match=rf"2 missing or undecodable .*limit 1.*{bad}"):
+    with pytest.raises(CorruptImagesError, match=rf"2 missing, undecodable or wrongly sized .*limit 1.*{bad}"):
         ds[7]
 
 

@@ -20,7 +20,7 @@ from atss_cli.errors import AtssError
 
 
 def test_predict_draws_pictures_and_writes_json(tiny, tmp_path):  # noqa: F811
-    from torchvision.io import decode_image
+    from atss_cli.data.transforms import decode_rgb
 
     coco, ckpt = tiny
     val = sorted((coco / "val2017").iterdir())
@@ -47,7 +47,7 @@ def test_predict_draws_pictures_and_writes_json(tiny, tmp_path):  # noqa: F811
     for record, suffix in zip(summary["images"], (".jpg", ".png")):
         picture = out / (record["file"].rsplit("/", 1)[-1].rsplit(".", 1)[0] + suffix)
         assert record["output"] == str(picture) and picture.is_file()
-        image = decode_image(str(picture))
+        image = decode_rgb(picture)
         assert tuple(image.shape) == (3, record["height"], record["width"])
         scores = [d["score"] for d in record["detections"]]
         assert scores == sorted(scores, reverse=True) and all(s >= 0.2 for s in scores)

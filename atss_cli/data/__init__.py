@@ -26,13 +26,23 @@ Contract (issue 4; the engine codes against these names):
         A small shapes dataset in the COCO layout (4 classes, ids 1, 2, 3, 5), with crowd,
         degenerate, ignored, outside and unknown-category annotations in train2017.
 
+    transforms.test_input(path_or_bgr, scale=(1333, 800)) -> (input, img_shape, (sx, sy))
+    transforms.train_input(path_or_bgr, boxes, flip, scale=(1333, 800)) -> (..., boxes)
+        MMDetection 3.3.0's test / train pipeline and data preprocessor, bit for bit (OpenCV
+        decode with EXIF orientation applied, cv2.resize INTER_LINEAR, flip, normalise, zero
+        padding to 32): the one path evaluation, prediction and training take.
+        tests/test_pipeline_parity.py holds it to MMDetection's own tensors.
+
     TrainDataset(cache, scale=(1333, 800), flip_prob=0.5, max_corrupt=100)
     TestDataset(cache, scale=(1333, 800))
         Samples: {"image" float32 [3, h, w] normalised, "boxes", "labels", "img_shape",
         "ori_shape", "scale_factor" (sx, sy), "image_id", "index", "flipped", "skipped"}.
-        Training replaces a bad image by the next good one (deterministic) and names it in
-        "skipped"; more than max_corrupt bad files per process, or any bad file in the test
-        set, raise CorruptImagesError (an AtssError). A sample whose boxes are not finite float32
+        JSON sizes and boxes are in the displayed (EXIF-applied) frame; a decoded size other
+        than the JSON's makes a bad image (the reason names an EXIF-rotated photo whose JSON
+        holds its stored size). Training replaces a bad image by the next good one
+        (deterministic), names it in "skipped" and keeps the reason (`bad_images()`); more
+        than max_corrupt bad files per process, or any bad file in the test set, raise
+        CorruptImagesError (an AtssError). A sample whose boxes are not finite float32
         [M, 4] or whose labels are not int64 in 0..C-1 raises BadTargetsError (an AtssError,
         one line also from a worker) naming the image: the model trusts what the loader gives.
 

@@ -1,7 +1,8 @@
 """Datasets over a prepared split, and `collate` into the batch of docs/ARCHITECTURE.md.
 
 A sample (dict):
-    image         float32 [3, h, w]  resized, maybe flipped, normalised (not padded)
+    image         float32 [3, h, w]  resized, maybe flipped, normalised: a view of the padded input
+                                     `transforms.train_input` / `test_input` give (collate pads)
     boxes         float32 [M, 4]     xyxy in the resized (and flipped) frame, clipped
     labels        int64 [M]          contiguous 0..C-1
     img_shape     (h, w)             after the resize
@@ -18,10 +19,16 @@ array, never a list of per-image Python objects: DataLoader workers share the pa
 Boxes and labels are checked here (`check_sample_targets`, one-line `BadTargetsError`): the
 model trusts them, so a training step never reads them back from the device.
 
-Training: a missing or undecodable file is replaced by the next training image that decodes
-(deterministic), named in `skipped`, and counted per process; more than `max_corrupt` distinct
-bad files in one process raise `CorruptImagesError` naming them. Test: a bad file raises
-`CorruptImagesError` naming it (every image must be evaluated; skipping would change the AP).
+Images are decoded as MMDetection decodes them (OpenCV, EXIF orientation applied), so the JSON's
+sizes and boxes are in the displayed frame. A decoded size other than the JSON's is a bad image;
+when the JSON holds the stored, unrotated size of a photo that EXIF turns by 90 or 270 degrees,
+the reason says so (its boxes would be in the wrong frame, and they are never rotated).
+
+Training: a missing, undecodable or wrongly sized file is replaced by the next training image
+that decodes (deterministic), named in `skipped`, and counted per process with its reason
+(`bad_images`); more than `max_corrupt` distinct bad files in one process raise
+`CorruptImagesError` naming them. Test: a bad file raises `CorruptImagesError` naming it and the
+reason (every image must be evaluated; skipping would change the AP).
 
 A dataset key is an image position (int) or a pair (position, augmentation seed) as the
 `GroupedGlobalBatchSampler` yields: with a seed the flip depends only on it, so a resumed run
@@ -36,7 +43,8 @@ import numpy as np
 import torch
 
 from atss_cli.data.cache import CocoCache
-from atss_cli.data.transforms import DecodeError, decode_rgb, hflip, normalize, pad_batch, resize
+from atss_cli.data.transforms import (TRANSPOSING_ORIENTATIONS, DecodeError, exif_orientation, pad_batch,
+                                      read_image, rescale_boxes, test_input, train_input)
 from atss_cli.errors import AtssError
 
 DEFAULT_SCALE = (1333, 800)
@@ -104,17 +112,27 @@ class _Base(torch.utils.data.Dataset):
         """bool per position: width >= height (the aspect-ratio group of the sampler)."""
         return self.cache.landscape(self.indices)
 
-    def _sample(self, idx: int, image: torch.Tensor, flip: bool, skipped: list[str]) -> dict:
+    def _decode(self, idx: int) -> np.ndarray:
+        """The BGR pixels of image `idx`; DecodeError (the reason) when missing, undecodable or not the JSON's size."""
+        path = self.cache.image_path(idx)
+        img = read_image(path)
+        h, w = int(img.shape[0]), int(img.shape[1])
+        jh, jw = int(self.cache.heights[idx]), int(self.cache.widths[idx])
+        if (h, w) != (jh, jw):
+            orientation = exif_orientation(path) if (h, w) == (jw, jh) else 1
+            if orientation in TRANSPOSING_ORIENTATIONS:
+                raise DecodeError(f"{path}: the JSON's {jw}x{jh} is the stored, unrotated size; EXIF orientation "
+                                  f"{orientation} shows it as {w}x{h} (annotate the displayed image)")
+            raise DecodeError(f"{path}: decodes to {w}x{h} but the JSON says {jw}x{jh}")
+        return img
+
+    def _sample(self, idx: int, img: np.ndarray, flip: bool, skipped: list[str]) -> dict:
         cache = self.cache
-        boxes = torch.from_numpy(cache.boxes(idx))
         labels = torch.from_numpy(cache.labels(idx))
-        ori_h, ori_w = int(image.shape[-2]), int(image.shape[-1])
-        image, boxes, (sx, sy) = resize(image, boxes, self.scale)
-        if flip:
-            image, boxes = hflip(image, boxes)
-        h, w = int(image.shape[-2]), int(image.shape[-1])
+        ori_h, ori_w = int(img.shape[0]), int(img.shape[1])
+        padded, (h, w), (sx, sy), boxes = train_input(img, torch.from_numpy(cache.boxes(idx)), flip, self.scale)
         check_sample_targets(boxes, labels, cache.num_classes, f"image {cache.file_name(idx)}")
-        return {"image": normalize(image), "boxes": boxes, "labels": labels, "img_shape": (h, w),
+        return {"image": padded[:, :h, :w], "boxes": boxes, "labels": labels, "img_shape": (h, w),
                 "ori_shape": (ori_h, ori_w), "scale_factor": (sx, sy), "image_id": int(cache.image_ids[idx]),
                 "index": idx, "flipped": flip, "skipped": skipped}
 
@@ -129,7 +147,11 @@ class TrainDataset(_Base):
             raise AtssError(f"split {cache.split!r} has no image usable for training")
         self.flip_prob = float(flip_prob)
         self.max_corrupt = int(max_corrupt)
-        self._bad: set[str] = set()  # names of bad files met by this process (small)
+        self._bad: dict[str, str] = {}  # name -> reason, for the bad files met by this process (small)
+
+    def bad_images(self) -> dict[str, str]:
+        """{file name: reason} of the bad training images this process met (and skipped)."""
+        return dict(self._bad)
 
     def __getitem__(self, key) -> dict:
         pos, seed = _key(key)
@@ -143,15 +165,16 @@ class TrainDataset(_Base):
                 skipped.append(name)
                 continue
             try:
-                image = decode_rgb(self.cache.image_dir / name)
-            except DecodeError:
-                self._bad.add(name)
+                image = self._decode(idx)
+            except DecodeError as exc:
+                self._bad[name] = str(exc)
                 skipped.append(name)
                 if len(self._bad) > self.max_corrupt:
                     shown = ", ".join(sorted(self._bad)[:5])
                     raise CorruptImagesError(
-                        f"{len(self._bad)} missing or undecodable training images in {self.cache.image_dir} "
-                        f"(limit {self.max_corrupt}): {shown}{', ...' if len(self._bad) > 5 else ''}; "
+                        f"{len(self._bad)} missing, undecodable or wrongly sized training images in "
+                        f"{self.cache.image_dir} (limit {self.max_corrupt}): {shown}"
+                        f"{', ...' if len(self._bad) > 5 else ''} (first: {self._bad[min(self._bad)]}); "
                         "run `atss prepare --check-images` to list them") from None
                 continue
             return self._sample(idx, image, flip, skipped)
@@ -169,13 +192,22 @@ class TestDataset(_Base):
     def __getitem__(self, key) -> dict:
         pos, _ = _key(key)
         idx = int(self.indices[pos])
-        path = self.cache.image_path(idx)
         try:
-            image = decode_rgb(path)
-        except DecodeError:
-            raise CorruptImagesError(f"cannot evaluate {self.cache.split}: image {path} is missing or cannot be "
-                                     "decoded (every image counts in COCOeval; restore the file)") from None
-        return self._sample(idx, image, False, [])
+            image = self._decode(idx)
+        except DecodeError as exc:
+            raise CorruptImagesError(f"cannot evaluate {self.cache.split}: {exc} (every image counts in COCOeval; "
+                                     "restore or fix the file)") from None
+        return self._test_sample(idx, image)
+
+    def _test_sample(self, idx: int, img: np.ndarray) -> dict:
+        cache = self.cache
+        padded, (h, w), (sx, sy) = test_input(img, self.scale)
+        boxes = rescale_boxes(torch.from_numpy(cache.boxes(idx)), sx, sy, w, h)
+        labels = torch.from_numpy(cache.labels(idx))
+        check_sample_targets(boxes, labels, cache.num_classes, f"image {cache.file_name(idx)}")
+        return {"image": padded[:, :h, :w], "boxes": boxes, "labels": labels, "img_shape": (h, w),
+                "ori_shape": (int(img.shape[0]), int(img.shape[1])), "scale_factor": (sx, sy),
+                "image_id": int(cache.image_ids[idx]), "index": idx, "flipped": False, "skipped": []}
 
 
 def collate(samples: list[dict]) -> dict:

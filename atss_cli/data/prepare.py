@@ -9,7 +9,9 @@ The report (a JSON-able dict; the CLI prints it as a table):
     missing_files (count), missing_examples (up to 10 names),
     image_list ({"path", "status": "written" | "exists" | "differs" | "read-only", "note"}),
     check_images (with check_images=True: {"checked", "undecodable", "size_mismatch",
-                  "undecodable_examples", "size_mismatch_examples"})
+                  "undecodable_examples", "size_mismatch_examples"}; sizes are the displayed ones,
+                  EXIF orientation applied, and a JSON size that is the stored, unrotated one of
+                  an EXIF-rotated photo says so in its example)
 
 User files are never modified: the image list `<coco>/<split>.txt` is written only when absent;
 when an existing one differs (or the dataset is read-only) ours goes to the cache folder.
@@ -64,23 +66,30 @@ def _image_list(coco_root: Path, split: str, names: list[str], cache_root: Path)
 
 
 def _check_one(path: Path, width: int, height: int) -> str:
-    """'' if `path` decodes at the JSON's size, else 'missing' / 'undecodable' / 'size WxH'."""
-    from PIL import Image
+    """'' if `path` decodes at the JSON's size, else 'missing' / 'undecodable' / 'size WxH[ note]'.
 
-    try:
-        with Image.open(path) as im:
-            size = im.size
-            im.load()  # full decode: truncated files fail here
-    except FileNotFoundError:
+    Decoded as training decodes (OpenCV, EXIF orientation applied), so the size is the displayed one.
+    """
+    from atss_cli.data.transforms import TRANSPOSING_ORIENTATIONS, DecodeError, exif_orientation, read_image
+
+    if not path.is_file():
         return "missing"
-    except Exception:  # noqa: BLE001 - any decoder failure means the file is unusable
+    try:
+        img = read_image(path)
+    except DecodeError:
         return "undecodable"
-    return "" if size == (width, height) else f"size {size[0]}x{size[1]}"
+    h, w = int(img.shape[0]), int(img.shape[1])
+    if (w, h) == (width, height):
+        return ""
+    orientation = exif_orientation(path) if (h, w) == (width, height) else 1
+    if orientation in TRANSPOSING_ORIENTATIONS:
+        return f"size {w}x{h}; shown after EXIF orientation {orientation}, the JSON holds the stored, unrotated size"
+    return f"size {w}x{h}"
 
 
 def check_image_files(cache: CocoCache, workers: int = 2,
                       progress: Callable[[int, int], None] | None = None) -> dict:
-    """Decode every image of `cache` in `workers` threads (PIL decodes without the GIL).
+    """Decode every image of `cache` in `workers` threads (OpenCV decodes without the GIL).
 
     `progress(done, total)` is called now and then, so that the CLI can draw a bar.
     """
@@ -94,7 +103,8 @@ def check_image_files(cache: CocoCache, workers: int = 2,
             if progress is not None and (len(results) % 64 == 0 or len(results) == n):
                 progress(len(results), n)
     bad = [names[i] for i in range(n) if results[i] == "undecodable"]
-    sized = [f"{names[i]} ({results[i][5:]} on disk, {widths[i]}x{heights[i]} in JSON)"
+    sized = [f"{names[i]} ({results[i][5:].split(';')[0]} on disk, {widths[i]}x{heights[i]} in JSON"
+             f"{';' + results[i].split(';', 1)[1] if ';' in results[i] else ''})"
              for i in range(n) if results[i].startswith("size")]
     return {"checked": n - sum(r == "missing" for r in results), "undecodable": len(bad),
             "size_mismatch": len(sized), "undecodable_examples": bad[:_EXAMPLES],

@@ -1,78 +1,195 @@
-"""Decoding and the SPEC.md section 5 transforms, as plain functions on tensors.
+"""Decoding and the SPEC.md section 5 transforms, as MMDetection 3.3.0 runs them (mmcv with OpenCV).
 
-    decode_rgb(path) -> uint8 [3, H, W]                    torchvision.io, PIL as fallback
-    rescale_size(w, h, scale) -> (new_w, new_h, s)          keep ratio, fit inside (long, short)
-    resize(image, boxes, scale) -> image, boxes, (sx, sy)   bilinear as OpenCV INTER_LINEAR; boxes clipped
-    hflip(image, boxes) -> image, boxes                     x1' = W - x2, x2' = W - x1
-    normalize(image) -> float32                             (x - mean) / std, RGB
-    pad_batch(images, divisor=32) -> [B, 3, H, W]           zero padding, bottom and right
+    read_image(path) -> uint8 [H, W, 3] BGR ndarray    cv2.imdecode(IMREAD_COLOR): EXIF orientation applied
+    decode_rgb(path) -> uint8 [3, H, W] RGB tensor     the same pixels, for drawing
+    exif_orientation(path) -> int                      the EXIF orientation tag (1 when absent)
+    test_input(path_or_bgr, scale) -> (input, img_shape, (sx, sy))
+    train_input(path_or_bgr, boxes, flip, scale) -> (input, img_shape, (sx, sy), boxes)
+        input: normalised float32 [3, H, W] RGB zero-padded to a multiple of 32; img_shape (h, w)
+        after the resize; scale factors new / old per axis; boxes float32 [M, 4] after resize and flip.
+    rescale_size(w, h, scale) -> (new_w, new_h, s)     keep ratio, fit inside (long, short)
+    resize(image, boxes, scale) -> image, boxes, (sx, sy)   on uint8 [3, H, W] tensors; boxes clipped
+    hflip(image, boxes) -> image, boxes                x1' = W - x2, x2' = W - x1
+    rescale_boxes(boxes, sx, sy, w, h), flip_boxes(boxes, w)   the box halves of the two above
+    normalize(image) -> float32                        (x - mean) / std, RGB
+    pad_batch(images, divisor=32) -> [B, 3, H, W]      zero padding, bottom and right
+
+OpenCV does the decoding and the resize because the reference pipeline does: its JPEG decoder
+(libjpeg-turbo: CMYK, progressive, chroma upsampling), its EXIF handling and its fixed-point
+INTER_LINEAR are what MMDetection feeds the model, bit for bit; a reimplementation would have to
+track all three. tests/test_pipeline_parity.py checks the result against MMDetection's tensors.
 
 Boxes are float32 [M, 4] xyxy tensors; shapes are (h, w); scale factors (sx, sy) = new / old.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 SIZE_DIVISOR = 32
+DEFAULT_SCALE = (1333, 800)
+# EXIF orientations that turn the picture by 90 or 270 degrees (the shown w and h swap).
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 class DecodeError(Exception):
-    """An image file that is missing or that neither torchvision nor PIL can decode."""
+    """An image file that is missing, unreadable, truncated or that OpenCV cannot decode."""
 
 
-def decode_rgb(path: Path) -> torch.Tensor:
-    """uint8 [3, H, W] RGB of the file at `path` (no EXIF rotation: the JSON sizes are the stored ones)."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+def _cv2():
+    import cv2
 
-    with warnings.catch_warnings():
-        # torchvision 0.29 warns on every call that its decoders move to TorchCodec; they still work.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            data = read_file(str(path))
-        except (OSError, RuntimeError) as exc:
-            raise DecodeError(f"cannot read {path}: {exc}") from None
-        try:
-            img = decode_image(data, mode=ImageReadMode.RGB)
-            if img.ndim == 3 and img.shape[0] == 3:
-                return img
-        except (RuntimeError, ValueError):
-            pass
-    try:  # formats or variants torchvision does not decode
-        import numpy as np
-        from PIL import Image
+    cv2.setNumThreads(1)  # DataLoader workers are the parallelism; OpenCV's pool would oversubscribe
+    return cv2
 
+
+def _truncated_jpeg(data: np.ndarray) -> bool:
+    """A JPEG whose last scan has no end-of-image marker after it. libjpeg fills the missing rows
+    with grey and only warns; MMDetection would train on that grey. In entropy-coded data 0xFF is
+    always followed by 0x00 or a restart marker, so 0xFFDA (start of scan) and 0xFFD9 (end of
+    image) appear only as markers (an EXIF thumbnail's come before the main image's)."""
+    raw = data.tobytes()
+    return raw[:2] == b"\xff\xd8" and raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """uint8 [H, W, 3] BGR as mmcv.imfrombytes(flag="color") with OpenCV: gray, palette and 16-bit
+    images become 8-bit BGR, alpha is dropped, CMYK is converted, EXIF orientation is applied."""
+    cv2 = _cv2()
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise DecodeError(f"cannot read {path}: {reason}") from None
+    if data.size == 0:
+        raise DecodeError(f"cannot decode {path}: empty file")
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise DecodeError(f"cannot decode {path}: {str(exc).strip().splitlines()[-1]}") from None
+    if img is None or img.ndim != 3 or img.shape[2] != 3:
+        raise DecodeError(f"cannot decode {path}: not an image OpenCV reads")
+    if _truncated_jpeg(data):
+        raise DecodeError(f"cannot decode {path}: truncated JPEG (no end-of-image marker)")
+    return img
+
+
+def decode_rgb(path: str | Path) -> torch.Tensor:
+    """uint8 [3, H, W] RGB of the file at `path`, EXIF orientation applied (the pixels `read_image` gives)."""
+    return bgr_to_rgb_tensor(read_image(path))
+
+
+def bgr_to_rgb_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation tag of the file (1..8; 1 when absent or unreadable). Reads the header only."""
+    from PIL import Image
+
+    try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is unusable
-        raise DecodeError(f"cannot decode {path}: {exc}") from None
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - no readable EXIF means no rotation
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def rescale_size(w: int, h: int, scale: tuple[int, int]) -> tuple[int, int, float]:
-    """MMDetection's keep-ratio rescale: s = min(long / max(h, w), short / min(h, w))."""
+    """mmcv's keep-ratio rescale_size: s = min(long / max(h, w), short / min(h, w)), sizes rounded half up."""
     long_edge, short_edge = max(scale), min(scale)
     s = min(long_edge / max(h, w), short_edge / min(h, w))
-    return int(w * s + 0.5), int(h * s + 0.5), s
+    return int(w * float(s) + 0.5), int(h * float(s) + 0.5), s
+
+
+def _resize_bgr(img: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+    # mmcv.imresize: cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR), called even at equal size.
+    cv2 = _cv2()
+    return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+
+
+def _boxes_tensor(boxes) -> torch.Tensor:
+    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32) if not isinstance(boxes, torch.Tensor) else boxes,
+                        dtype=torch.float32)
+    return b.reshape(-1, 4)
+
+
+def rescale_boxes(boxes: torch.Tensor, sx: float, sy: float, w: int, h: int) -> torch.Tensor:
+    # HorizontalBoxes.rescale_ then clip_: float32 multiply by the float32 factors, clamp to the image.
+    out = boxes * torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
+    out[:, 0::2] = out[:, 0::2].clamp(0, w)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h)
+    return out
+
+
+def flip_boxes(boxes: torch.Tensor, w: int) -> torch.Tensor:
+    flipped = boxes.clone()
+    flipped[:, 0] = w - boxes[:, 2]
+    flipped[:, 2] = w - boxes[:, 0]
+    return flipped
+
+
+def _to_input(img: np.ndarray) -> torch.Tensor:
+    """BGR uint8 [h, w, 3] -> DetDataPreprocessor's input: RGB, float32, (x - mean) / std, zeros to 32."""
+    h, w = img.shape[:2]
+    chw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    out = torch.zeros((3, -(-h // SIZE_DIVISOR) * SIZE_DIVISOR, -(-w // SIZE_DIVISOR) * SIZE_DIVISOR),
+                      dtype=torch.float32)
+    out[:, :h, :w] = normalize(chw[[2, 1, 0]])
+    return out
+
+
+def _load(source) -> np.ndarray:
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
+            raise ValueError(f"expected a uint8 [H, W, 3] BGR array, got {source.dtype} {list(source.shape)}")
+        return source
+    return read_image(source)
+
+
+def _pipeline(source, boxes, flip: bool, scale: tuple[int, int]):
+    img = _load(source)
+    h, w = img.shape[:2]
+    new_w, new_h, _ = rescale_size(w, h, scale)
+    img = _resize_bgr(img, new_w, new_h)
+    new_h, new_w = img.shape[:2]
+    sx, sy = new_w / w, new_h / h
+    out_boxes = rescale_boxes(_boxes_tensor(boxes), sx, sy, new_w, new_h) if boxes is not None else None
+    if flip:
+        img = img[:, ::-1]
+        if out_boxes is not None:
+            out_boxes = flip_boxes(out_boxes, new_w)
+    return _to_input(img), (int(new_h), int(new_w)), (float(sx), float(sy)), out_boxes
+
+
+def test_input(source, scale: tuple[int, int] = DEFAULT_SCALE):
+    """MMDetection's test pipeline and data preprocessor for one image (a path, or `read_image`'s array):
+    (float32 [3, H, W] padded to 32, img_shape (h, w), (sx, sy))."""
+    tensor, img_shape, factors, _ = _pipeline(source, None, False, scale)
+    return tensor, img_shape, factors
+
+
+test_input.__test__ = False  # a name pytest would otherwise try to collect
+
+
+def train_input(source, boxes, flip: bool, scale: tuple[int, int] = DEFAULT_SCALE):
+    """MMDetection's train pipeline (Resize, RandomFlip) and data preprocessor for one image and its
+    boxes (xyxy in the decoded, EXIF-applied frame): test_input's tuple plus float32 [M, 4] boxes."""
+    return _pipeline(source, boxes, bool(flip), scale)
 
 
 def resize_image(image: torch.Tensor, new_w: int, new_h: int) -> torch.Tensor:
-    """uint8 [3, H, W] -> float32 [3, new_h, new_w] holding uint8 values, bilinear as OpenCV INTER_LINEAR.
-
-    Half-pixel centres (align_corners=False), no antialiasing, then rounded and clamped to 0..255
-    as OpenCV's uint8 output (which uses 11-bit fixed point: values may differ by 1).
-    """
-    x = image.to(torch.float32)
-    if (new_h, new_w) != tuple(image.shape[-2:]):
-        x = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)[0]
-        x = x.round_().clamp_(0, 255)
-    return x
+    """uint8 [3, H, W] -> float32 [3, new_h, new_w] holding uint8 values: cv2.resize INTER_LINEAR."""
+    hwc = np.ascontiguousarray(image.to(torch.uint8).permute(1, 2, 0).numpy())
+    out = _resize_bgr(hwc, int(new_w), int(new_h))
+    if out.ndim == 2:
+        out = out[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).to(torch.float32)
 
 
 def resize(image: torch.Tensor, boxes: torch.Tensor, scale: tuple[int, int]):
@@ -81,19 +198,12 @@ def resize(image: torch.Tensor, boxes: torch.Tensor, scale: tuple[int, int]):
     new_w, new_h, _ = rescale_size(w, h, scale)
     out = resize_image(image, new_w, new_h)
     sx, sy = new_w / w, new_h / h
-    boxes = boxes * torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_h)
-    return out, boxes, (sx, sy)
+    return out, rescale_boxes(_boxes_tensor(boxes), sx, sy, new_w, new_h), (sx, sy)
 
 
 def hflip(image: torch.Tensor, boxes: torch.Tensor):
     """Mirror `image` [3, H, W] and its boxes left-right."""
-    w = image.shape[-1]
-    flipped = boxes.clone()
-    flipped[:, 0] = w - boxes[:, 2]
-    flipped[:, 2] = w - boxes[:, 0]
-    return image.flip(-1), flipped
+    return image.flip(-1), flip_boxes(boxes, image.shape[-1])
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,9 @@
     predict_files(model, paths, *, device, out_dir, class_names=None, scale=(1333, 800),
                   score_thr=0.3, amp=None, on_skip=None, on_image=None,
                   detections_name="detections.json") -> dict
-        For each path: decode (atss_cli.data.transforms.decode_rgb: RGB, no EXIF rotation, as
-        the data pipeline), the test transform of the data pipeline (keep-ratio resize,
-        normalise, pad to 32), `model.predict`, keep scores >= `score_thr`, draw boxes,
+        For each path: decode (atss_cli.data.transforms.read_image: OpenCV, EXIF orientation
+        applied, as MMDetection), the test pipeline of evaluation (transforms.test_input:
+        keep-ratio resize, normalise, pad to 32), `model.predict`, keep scores >= `score_thr`, draw boxes,
         class names and scores (torchvision.utils.draw_bounding_boxes), write
         `out_dir/<stem>.png|.jpg` (JPEG in, JPEG out; anything else PNG; a repeated stem gets
         `_1`, `_2`, ...). A missing or undecodable file is skipped: `on_skip(path, reason)` is
@@ -16,7 +16,8 @@
                          "detections": [{"box": [x1, y1, x2, y2], "score", "label", "name"}]}],
              "skipped": [{"file", "reason"}],
              "detections": path of the JSON}
-        Boxes are in pixels of the original image, sorted by descending score.
+        Boxes are in pixels of the displayed (EXIF-applied) image, sorted by descending score;
+        "width" and "height" are that image's.
         `on_image(record)` is called after each written picture (for progress).
 
     predict_checkpoint(checkpoint, images, out_dir, *, coco=None, split="val2017", device="auto",
@@ -71,12 +72,17 @@ def _output_path(out_dir: Path, src: Path, taken: set[str]) -> Path:
 
 
 def _write_image(image, path: Path) -> None:
-    from torchvision.io import encode_jpeg, encode_png
+    import cv2
+    import numpy as np
 
     from atss_cli.atomic import atomic_write_bytes
 
-    data = encode_jpeg(image, quality=92) if path.suffix == ".jpg" else encode_png(image)
-    atomic_write_bytes(path, data.numpy().tobytes())
+    bgr = np.ascontiguousarray(image.permute(1, 2, 0).numpy()[:, :, ::-1])
+    params = [cv2.IMWRITE_JPEG_QUALITY, 92] if path.suffix == ".jpg" else []
+    ok, data = cv2.imencode(path.suffix, bgr, params)
+    if not ok:
+        raise AtssError(f"cannot encode {path.name}")
+    atomic_write_bytes(path, data.tobytes())
 
 
 def predict_files(model, paths: Sequence[str | Path], *, device, out_dir: str | Path,
@@ -87,7 +93,7 @@ def predict_files(model, paths: Sequence[str | Path], *, device, out_dir: str | 
                   detections_name: str = "detections.json") -> dict:
     import torch
 
-    from atss_cli.data.transforms import DecodeError, decode_rgb, normalize, pad_batch, resize
+    from atss_cli.data.transforms import DecodeError, bgr_to_rgb_tensor, read_image, test_input
     from atss_cli.engine.draw import class_name, draw_detections
     from atss_cli.engine.evaluate import amp_context, unwrap_model
 
@@ -106,18 +112,17 @@ def predict_files(model, paths: Sequence[str | Path], *, device, out_dir: str | 
             try:
                 if not src.is_file():
                     raise DecodeError("no such file" if not src.exists() else "not a file")
-                image = decode_rgb(src)
+                bgr = read_image(src)
             except DecodeError as exc:
                 reason = str(exc)
                 skipped.append({"file": str(src), "reason": reason})
                 if on_skip is not None:
                     on_skip(src, reason)
                 continue
-            h, w = int(image.shape[-2]), int(image.shape[-1])
-            resized, _, (sx, sy) = resize(image, torch.zeros((0, 4)), tuple(scale))
-            batch = pad_batch([normalize(resized)]).to(device)
+            h, w = int(bgr.shape[0]), int(bgr.shape[1])
+            tensor, img_shape, (sx, sy) = test_input(bgr, tuple(scale))
             with torch.no_grad(), amp_context(device, amp):
-                det = net.predict(batch, [tuple(resized.shape[-2:])], [(sx, sy)])[0]
+                det = net.predict(tensor[None].to(device), [img_shape], [(sx, sy)])[0]
             boxes = det["boxes"].detach().float().cpu()
             scores = det["scores"].detach().float().cpu()
             labels = det["labels"].detach().cpu()
@@ -126,6 +131,8 @@ def predict_files(model, paths: Sequence[str | Path], *, device, out_dir: str | 
             order = torch.argsort(scores, descending=True, stable=True)
             boxes, scores, labels = boxes[order], scores[order], labels[order]
             dst = _output_path(out, src, taken)
+            image = bgr_to_rgb_tensor(bgr)
+            del bgr
             _write_image(draw_detections(image, boxes, scores, labels, class_names), dst)
             record = {"file": str(src), "output": str(dst), "width": w, "height": h,
                       "detections": [{"box": [float(v) for v in b], "score": float(s), "label": int(lab),
