@@ -2,6 +2,8 @@
 
 A temporary file in the same folder is written, fsynced and renamed over the target, so a kill
 at any moment leaves the old file or the new one, never a torn one (at most a stray `.*.tmp`).
+The file gets the permissions any other program's would: those of the file it replaces, or
+0666 less the user's umask for a new one (mkstemp alone would leave it owner-only, 0600).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -21,6 +24,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
+            os.fchmod(f.fileno(), _mode_for(path))
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -29,6 +33,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The mode `open(path, "w")` would leave: an existing file's own, else 0666 & ~umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status);
+    elsewhere set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -34,7 +34,8 @@ class TrainConfig:
     stacked_convs: int = 4               # conv-GN-ReLU blocks per head tower
     frozen_stages: int = 1               # 1 = stem and layer1 frozen; -1 = train everything
     norm_eval: bool = True               # backbone BatchNorm kept in eval mode (frozen stats)
-    pretrained: str = ""                 # torchvision ResNet weights; "" = torch hub cache if there
+    pretrained: str = ""                 # torchvision's IMAGENET1K_V1 ResNet file (or its folder); "" = torch hub cache
+    from_scratch: bool = False           # random backbone init even where the config freezes stages or BN
     load_from: str = ""                  # start from this detector checkpoint (ours or MMDetection's)
 
     # --- schedule (SPEC.md section 6) ---
@@ -46,8 +47,8 @@ class TrainConfig:
     accumulate: int = 0                  # micro-steps per iteration; 0 = keep the total batch at base_batch
     momentum: float = 0.9
     weight_decay: float = 1e-4           # on all parameters, as MMDetection's ATSS config
-    warmup_iters: int = 500              # linear warmup length in iterations
-    warmup_ratio: float = 0.001          # warmup starts at warmup_ratio * lr
+    warmup_iters: int = 500              # MMEngine's LinearLR(begin=0, end=warmup_iters): 1.0 at warmup_iters - 1
+    warmup_ratio: float = 0.001          # warmup starts at warmup_ratio * lr (LinearLR's start_factor)
     milestones: tuple[int, ...] = (8, 11)  # lr x 0.1 after these epochs
     max_iters: int = 0                   # stop after this many iterations (0 = full schedule)
 
@@ -69,6 +70,11 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def assumes_imagenet(self) -> bool:
+        """Frozen stages or frozen BatchNorm statistics only make sense on pretrained weights."""
+        return self.frozen_stages >= 0 or self.norm_eval
 
     @property
     def model_kwargs(self) -> dict:
@@ -145,6 +151,11 @@ def validate(cfg: TrainConfig) -> None:
         raise AtssError(f"flip_prob must be in [0, 1], got {cfg.flip_prob}")
     if len(cfg.scale) != 2 or min(cfg.scale) < 32:
         raise AtssError(f"scale must be two sizes of at least 32 px, got {cfg.scale}")
+    if not (0.0 < cfg.warmup_ratio <= 1.0):
+        raise AtssError(f"warmup_ratio must be in (0, 1], got {cfg.warmup_ratio}")
+    if cfg.from_scratch and (cfg.pretrained or cfg.load_from):
+        other = "--pretrained" if cfg.pretrained else "--load-from"
+        raise AtssError(f"--from-scratch and {other} contradict each other: give one")
     if list(cfg.milestones) != sorted(cfg.milestones):
         raise AtssError(f"milestones must be increasing, got {cfg.milestones}")
 

@@ -51,7 +51,9 @@ def test_config_json_round_trip():
 def test_warmup_and_steps_match_the_1x_recipe():
     kw = dict(warmup_iters=500, warmup_ratio=0.001, milestones=(8, 11))
     assert learning_rate(0.01, iteration=0, epoch=0, **kw) == pytest.approx(1e-5)
-    assert learning_rate(0.01, iteration=250, epoch=0, **kw) == pytest.approx(0.01 * (0.001 + 0.999 * 0.5))
+    # MMEngine's LinearLR(end=500) rises over 499 steps: 1.0 from iteration 499 on.
+    assert learning_rate(0.01, iteration=250, epoch=0, **kw) == pytest.approx(0.01 * (0.001 + 0.999 * 250 / 499))
+    assert learning_rate(0.01, iteration=499, epoch=0, **kw) == 0.01
     assert learning_rate(0.01, iteration=500, epoch=0, **kw) == pytest.approx(0.01)
     assert learning_rate(0.01, iteration=60000, epoch=7, **kw) == pytest.approx(0.01)
     assert learning_rate(0.01, iteration=60001, epoch=8, **kw) == pytest.approx(0.001)

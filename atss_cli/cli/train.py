@@ -32,8 +32,12 @@ def train_command(
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", min=0.0)] = None,
     scale_lr: Annotated[bool, typer.Option("--scale-lr", help="Scale lr linearly by total batch / 16.")] = False,
-    pretrained: Annotated[Optional[Path], typer.Option("--pretrained", exists=True, dir_okay=False,
-                                                       help="torchvision ResNet weights (resnet50-0676ba61.pth).")] = None,
+    pretrained: Annotated[Optional[Path], typer.Option(
+        "--pretrained", exists=True,
+        help="torchvision's IMAGENET1K_V1 ResNet file (resnet50-0676ba61.pth) or its folder "
+             "(default: the torch hub cache).")] = None,
+    from_scratch: Annotated[bool, typer.Option(
+        "--from-scratch", help="Random backbone init, even where the config freezes stages or BatchNorm.")] = False,
     load_from: Annotated[Optional[Path], typer.Option("--load-from", exists=True, dir_okay=False,
                                                       help="Start from a detector checkpoint (ours or MMDetection's).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
@@ -58,6 +62,8 @@ def train_command(
         flags["pretrained"] = str(pretrained)
     if load_from is not None:
         flags["load_from"] = str(load_from)
+    if from_scratch:
+        flags["from_scratch"] = True
 
     procs, flags["device"] = process_plan(gpus, nproc, device)
 

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 
+def warmup_factor(iteration: int, *, warmup_iters: int, warmup_ratio: float) -> float:
+    """MMEngine's `LinearLR(start_factor=warmup_ratio, by_epoch=False, begin=0, end=warmup_iters)`.
+
+    LinearLR spreads the rise over `end - begin - 1` steps, so the factor is warmup_ratio at
+    iteration 0 and reaches 1.0 at iteration warmup_iters - 1 (499 in the recipe), then stays.
+    MMEngine applies it as a product of per-step ratios; this is that product's closed form.
+    """
+    span = warmup_iters - 1
+    if span <= 0 or iteration >= span:
+        # end=1: LinearLR sets start_factor at iteration 0 and never steps again (the lr would stay
+        # there for good); we take that one iteration and then the full lr.
+        return 1.0 if warmup_iters != 1 or iteration > 0 else warmup_ratio
+    return warmup_ratio + (1.0 - warmup_ratio) * iteration / span
+
+
 def learning_rate(base_lr: float, *, iteration: int, epoch: int, warmup_iters: int, warmup_ratio: float,
                   milestones: tuple[int, ...]) -> float:
     """lr for optimizer step `iteration` (0-based) taken in 0-based `epoch`.
 
-    Warmup multiplies by a factor rising linearly from warmup_ratio at iteration 0 to 1 at
-    warmup_iters (MMDetection's LinearLR); each milestone m multiplies by 0.1 from epoch m on
-    (MultiStepLR with milestones [8, 11] over 12 epochs).
+    The warmup factor (`warmup_factor`) times 0.1 for each milestone m reached (from epoch m on:
+    MultiStepLR with milestones [8, 11] over 12 epochs).
     """
     lr = base_lr * (0.1 ** sum(epoch >= m for m in milestones))
-    if warmup_iters > 0 and iteration < warmup_iters:
-        lr *= warmup_ratio + (1.0 - warmup_ratio) * iteration / warmup_iters
-    return lr
+    return lr * warmup_factor(iteration, warmup_iters=warmup_iters, warmup_ratio=warmup_ratio)
 
 
 def accumulation_steps(requested: int, *, base_batch: int, batch_per_gpu: int, world_size: int) -> int:
@@ -23,3 +35,15 @@ def accumulation_steps(requested: int, *, base_batch: int, batch_per_gpu: int, w
         return requested
     per_step = batch_per_gpu * world_size
     return max(1, round(base_batch / per_step))
+
+
+def batch_note(total_batch: int, *, base_batch: int, lr: float, base_lr: float, scale_lr: bool) -> str | None:
+    """One line when the total batch is not the recipe's, saying the lr it implies; else None."""
+    if total_batch == base_batch:
+        return None
+    linear = base_lr * total_batch / base_batch
+    if scale_lr:
+        return (f"total batch {total_batch}, not the recipe's {base_batch}: lr scaled linearly to {lr:g} "
+                f"({base_lr:g} x {total_batch}/{base_batch})")
+    return (f"total batch {total_batch}, not the recipe's {base_batch}: lr {lr:g} as given; the linear "
+            f"scaling rule would give {linear:g} (--scale-lr)")

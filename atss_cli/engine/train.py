@@ -30,7 +30,7 @@ from atss_cli.config import TrainConfig
 from atss_cli.engine import checkpoint as ckpt_io
 from atss_cli.engine import distributed
 from atss_cli.engine.device import resolve_device
-from atss_cli.engine.schedule import accumulation_steps, learning_rate
+from atss_cli.engine.schedule import accumulation_steps, batch_note, learning_rate
 from atss_cli.errors import AtssError
 
 
@@ -70,14 +70,74 @@ class NonFiniteLoss(AtssError):
 
 
 class _LossModule(torch.nn.Module):
-    """Routes model.loss through forward so DistributedDataParallel sees (and syncs) it."""
+    """Routes the loss through forward so DistributedDataParallel sees (and syncs) it.
+
+    `scale` [3] multiplies (loss_cls, loss_bbox, loss_centerness): with gradient accumulation it
+    turns the normalisers the loss takes over one micro-batch into those of the whole
+    accumulated batch (see `accumulation_scales`); `sizes` are the feature-map sizes those were
+    computed for, checked against the forward pass's.
+    """
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images, targets):
-        return self.model.loss(images, targets)
+    def forward(self, images, targets, scale=None, sizes=None):
+        if scale is None:
+            return self.model.loss(images, targets)
+        outputs = self.model(images)
+        got = [tuple(x.shape[-2:]) for x in outputs[0]]
+        if got != list(sizes):
+            raise AtssError(f"internal: accumulation normalisers were taken for feature sizes {list(sizes)}, "
+                            f"the model gave {got}")
+        losses = self.model.loss_from_outputs(*outputs, targets)
+        return {k: losses[k] * scale[i] for i, k in enumerate(LOSS_KEYS)}
+
+
+LOSS_KEYS = ("loss_cls", "loss_bbox", "loss_centerness")
+
+
+def level_sizes(height: int, width: int, num_levels: int = 5) -> list[tuple[int, int]]:
+    """Feature-map sizes of P3..P7 for a padded [H, W] input: every stride-2 layer (stem conv,
+    max pool, the first conv of layer2-4, the FPN's extra convs; kernel 3 or 7, padding 1 or 3)
+    gives ceil(size / 2); P3 is after three of them."""
+    sizes, h, w = [], height, width
+    for level in range(3 + num_levels - 1):
+        h, w = (h + 1) // 2, (w + 1) // 2
+        if level >= 2:
+            sizes.append((h, w))
+    return sizes
+
+
+@torch.no_grad()
+def normaliser_sums(model, images: torch.Tensor, targets) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """What the ATSS loss divides by, summed over one micro-batch, before any forward pass (the
+    assignment does not depend on predictions): float32 [2] = (sum over images of
+    max(#positives, 1), sum of the positives' centerness targets), and the feature sizes used."""
+    from atss_cli.model.loss import loss_normalisers
+
+    sizes = level_sizes(*images.shape[-2:], num_levels=len(model.anchor_generator.strides))
+    anchors, assigned, gt_boxes, _ = model.assign(sizes, targets, images.device)
+    return loss_normalisers(anchors, assigned, gt_boxes), sizes
+
+
+def accumulation_scales(sums: torch.Tensor) -> torch.Tensor:
+    """[G, 2] per-micro-batch normaliser sums of this process -> [G, 3] loss multipliers.
+
+    The loss of micro-batch m divides by its own normalisers averaged over processes (as
+    MMDetection's `reduce_mean`): avg_m and max(ctr_m, 1). One batch of the whole accumulated size
+    over W x G processes would divide by their mean over all G micro-batches too; scaling micro
+    m's terms by avg_m / mean(avg) and max(ctr_m, 1) / max(mean(ctr), 1), and its backward by
+    1/G, gives exactly that batch's gradient (DDP still averages over the W processes).
+    """
+    from atss_cli.model.loss import reduce_mean
+
+    per_micro = reduce_mean(sums)                      # [G, 2]: the very values each micro's loss divides by
+    avg, ctr = per_micro[:, 0], per_micro[:, 1]
+    whole_avg, whole_ctr = avg.mean(), ctr.mean().clamp(min=1)
+    box = ctr.clamp(min=1) / whole_ctr
+    cls = avg / whole_avg
+    return torch.stack([cls, box, cls], dim=1)
 
 
 @dataclass
@@ -87,16 +147,54 @@ class Position:
     iteration: int = 0    # optimizer steps taken in the whole run
 
 
-def find_pretrained(depth: int, explicit: str) -> Path | None:
-    """The ImageNet ResNet weights: the given file, or torchvision's file in the torch hub cache."""
+def find_pretrained(depth: int, explicit: str = "", hub_dir: str | Path | None = None) -> Path | None:
+    """torchvision's IMAGENET1K_V1 ResNet-`depth` file (`resnet50-0676ba61.pth`), checked by content:
+    `explicit` (the file, or a folder holding it), else the torch hub cache's `checkpoints/`;
+    None when neither has it. Another file of the family (V2 `resnet50-11ad3fa6.pth`) is an
+    AtssError naming the file wanted, never taken instead."""
+    from atss_cli.model.checkpoint import TORCHVISION_URL, check_imagenet_file, imagenet_file_name
+
+    want = imagenet_file_name(depth)
     if explicit:
         path = Path(explicit).expanduser()
-        if not path.is_file():
+        if path.is_dir():
+            if not (path / want).is_file():
+                raise AtssError(f"--pretrained {explicit}: no {want} in that folder "
+                                f"(torchvision's IMAGENET1K_V1 ResNet-{depth}: {TORCHVISION_URL}{want})")
+            path = path / want
+        elif not path.is_file():
             raise AtssError(f"--pretrained {explicit}: no such file")
+        check_imagenet_file(path, depth)
         return path
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    found = sorted(hub.glob(f"resnet{depth}-*.pth")) if hub.is_dir() else []
-    return found[0] if found else None
+    hub = Path(hub_dir) if hub_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
+    path = hub / want
+    if path.is_file():
+        check_imagenet_file(path, depth)
+        return path
+    others = sorted(hub.glob(f"resnet{depth}-*.pth")) if hub.is_dir() else []
+    if others:
+        raise AtssError(f"{others[0]} is not the recipe's ImageNet weights: put torchvision's IMAGENET1K_V1 "
+                        f"file {want} ({TORCHVISION_URL}{want}) in {hub} or give it with --pretrained, "
+                        "or train from random weights with --from-scratch")
+    return None
+
+
+def pretrained_weights(cfg: TrainConfig, hub_dir: str | Path | None = None) -> Path | None:
+    """The ImageNet file this run starts from, or None for random init: an AtssError, saying where
+    to put the file, when the config freezes stages or BatchNorm (which assume pretrained weights)
+    and the file is not there, unless `cfg.from_scratch`."""
+    from atss_cli.model.checkpoint import TORCHVISION_URL, imagenet_file_name
+
+    if cfg.from_scratch or cfg.load_from:
+        return None
+    path = find_pretrained(cfg.depth, cfg.pretrained, hub_dir)
+    if path is None and cfg.assumes_imagenet:
+        hub = Path(hub_dir) if hub_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
+        want = imagenet_file_name(cfg.depth)
+        raise AtssError(f"frozen_stages={cfg.frozen_stages} norm_eval={cfg.norm_eval} assume ImageNet weights: "
+                        f"put {want} ({TORCHVISION_URL}{want}) in {hub} or give it with --pretrained, "
+                        "or train from random weights with --from-scratch")
+    return path
 
 
 def _to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, list[dict]]:
@@ -150,7 +248,7 @@ def _check_resumable(state: dict, cfg: TrainConfig, global_batch: int, latest: P
                         f"command has {global_batch} (processes x --batch-per-gpu): resume with the same "
                         "layout, or start from its weights with --load-from in another --work-dir")
     ignore = {"work_dir", "coco", "cache_dir", "workers", "log_interval", "max_iters", "eval_interval",
-              "pretrained", "load_from", "device"}
+              "pretrained", "load_from", "from_scratch", "device"}
     return sorted(k for k, v in saved.items() if k not in ignore and k in cfg.to_dict()
                   and _plain(v) != _plain(getattr(cfg, k)))
 
@@ -201,6 +299,10 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
         for stale in work.glob(".*.tmp"):  # left by a kill in the middle of an atomic write
             stale.unlink(missing_ok=True)
     torch.manual_seed(cfg.seed)
+    latest = work / ckpt_io.LATEST
+    resuming = resume and latest.exists()
+    # Before any data is read: a run that needs ImageNet weights and has none stops at once.
+    pretrained = None if resuming else pretrained_weights(cfg)
 
     coco = Path(cfg.coco)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
@@ -222,15 +324,14 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
     if cfg.load_from:
         report = load_checkpoint(model, Path(cfg.load_from), skip_mismatched=True)
         reporter.info(f"weights from {cfg.load_from}" + (f" ({report})" if report else ""))
-    else:
-        pretrained = find_pretrained(cfg.depth, cfg.pretrained)
-        if pretrained is not None:
-            load_backbone(model, pretrained)
-            reporter.info(f"backbone: ImageNet weights from {pretrained}")
-        else:
-            reporter.info(f"backbone: random init (no resnet{cfg.depth}-*.pth given with --pretrained "
-                          f"or in {Path(torch.hub.get_dir()) / 'checkpoints'}); the 1x recipe assumes "
-                          "ImageNet weights")
+    elif pretrained is not None:
+        load_backbone(model, pretrained)
+        reporter.info(f"backbone: ImageNet weights from {pretrained}")
+    elif not resuming:
+        from atss_cli.model.checkpoint import imagenet_file_name
+
+        reporter.info("backbone: random init" + (" (--from-scratch)" if cfg.from_scratch else
+                                                  f" (no {imagenet_file_name(cfg.depth)} found)"))
     model.to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     if cfg.channels_last:
@@ -260,9 +361,8 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
 
     pos = Position()
-    latest = work / ckpt_io.LATEST
     global_batch = cfg.batch_per_gpu * info.world_size
-    if resume and latest.exists():
+    if resuming:
         state = ckpt_io.load_resume(latest)
         changed = _check_resumable(state, cfg, global_batch, latest)
         if changed:
@@ -293,6 +393,9 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
                                   json.dumps({**cfg.to_dict(), "derived": derived}, indent=2) + "\n")
     reporter.info(f"{info.world_size} process(es) x {cfg.batch_per_gpu} images x {accumulate} accumulation "
                   f"= total batch {total_batch}, lr {base_lr:g}, {iters_per_epoch} iterations/epoch")
+    note = batch_note(total_batch, base_batch=cfg.base_batch, lr=base_lr, base_lr=cfg.lr, scale_lr=cfg.scale_lr)
+    if note:
+        reporter.info(note)
 
     loss_module = _LossModule(model)
     if info.enabled:
@@ -370,18 +473,26 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
                     g["lr"] = lr
                 sums = torch.zeros(3, dtype=torch.float64)
                 n_images = 0
-                for micro in range(group):
+                micro_batches = []
+                for _ in range(group):
                     batch = next(batches)
                     bad_images += len(batch.get("skipped", ()))
                     images, targets = _to_device(batch, device)
-                    images = images.contiguous(memory_format=memory_format)
+                    micro_batches.append((images.contiguous(memory_format=memory_format), targets))
+                scales, sizes = [None] * group, [None] * group
+                if group > 1:
+                    # The whole accumulated batch's normalisers, known before any backward.
+                    pre = [normaliser_sums(model, images, targets) for images, targets in micro_batches]
+                    scales = accumulation_scales(torch.stack([p[0] for p in pre]))
+                    sizes = [p[1] for p in pre]
+                for micro, (images, targets) in enumerate(micro_batches):
                     n_images += images.shape[0]
                     sync = micro == group - 1 or not info.enabled
                     ctx = contextlib.nullcontext() if sync else loss_module.no_sync()
                     with ctx:
                         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                            losses = loss_module(images, targets)
-                        terms = torch.stack([losses["loss_cls"], losses["loss_bbox"], losses["loss_centerness"]]).float()
+                            losses = loss_module(images, targets, scales[micro], sizes[micro])
+                        terms = torch.stack([losses[k] for k in LOSS_KEYS]).float()
                         total = terms.sum()
                         scaler.scale(total / group).backward()
                     sums += distributed.all_reduce_mean(terms.detach()).double().cpu()

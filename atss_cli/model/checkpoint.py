@@ -23,13 +23,15 @@ from torch import nn
 
 from atss_cli.errors import AtssError
 
-# torchvision's IMAGENET1K_V1 ResNet files (what SPEC.md's recipe starts from), by depth.
+# torchvision's IMAGENET1K_V1 ResNet files (what SPEC.md's recipe starts from), by depth. The 8
+# hex digits in each name are the start of the file's sha256 (torchvision checks them on download).
 TORCHVISION_RESNET_FILES = {
     18: "resnet18-f37072fd.pth",
     34: "resnet34-b627a593.pth",
     50: "resnet50-0676ba61.pth",
     101: "resnet101-63fe2227.pth",
 }
+TORCHVISION_URL = "https://download.pytorch.org/models/"
 
 _CLS_PREFIX = "bbox_head.atss_cls."
 
@@ -160,6 +162,42 @@ def extract_state_dict(obj, path) -> dict[str, torch.Tensor]:
     return state
 
 
+# ---- torchvision's ImageNet files ------------------------------------------------------------
+def imagenet_file_name(depth: int) -> str:
+    """The file name of torchvision's IMAGENET1K_V1 ResNet-`depth` weights."""
+    if depth not in TORCHVISION_RESNET_FILES:
+        raise AtssError(f"no ImageNet ResNet file for depth {depth} (depths: {sorted(TORCHVISION_RESNET_FILES)})")
+    return TORCHVISION_RESNET_FILES[depth]
+
+
+def sha256_prefix(path, n: int = 8) -> str:
+    """The first `n` hex digits of the file's sha256 (about 0.3 s for the 100 MB of ResNet-50)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:n]
+
+
+def check_imagenet_file(path, depth: int) -> None:
+    """AtssError unless `path` is torchvision's IMAGENET1K_V1 ResNet-`depth` file: its exact name,
+    and content whose sha256 starts with the 8 hex digits of that name, as torchvision checks a
+    download. Other weights of the same family (torchvision's V2 `resnet50-11ad3fa6.pth`, a file
+    renamed or damaged) are not the recipe's starting point."""
+    path = Path(path)
+    want = imagenet_file_name(depth)
+    if path.name != want:
+        raise AtssError(f"{path}: the recipe starts from torchvision's IMAGENET1K_V1 ResNet-{depth} weights, "
+                        f"file {want} ({TORCHVISION_URL}{want}), not {path.name}")
+    expected = want.rsplit("-", 1)[1].split(".")[0]
+    got = sha256_prefix(path, len(expected))
+    if got != expected:
+        raise AtssError(f"{path}: sha256 starts {got}, not {expected}: not torchvision's file {want} "
+                        f"(damaged or replaced); download it again from {TORCHVISION_URL}{want}")
+
+
 # ---- loading into a model -------------------------------------------------------------------
 def _load_into(module: nn.Module, state: dict[str, torch.Tensor], report: LoadReport, *,
                what: str, skip_prefix: str | None = None) -> LoadReport:
@@ -211,7 +249,8 @@ def load_checkpoint(model: nn.Module, path, skip_mismatched: bool = False) -> Lo
 def load_backbone(model: nn.Module, path) -> LoadReport:
     """Load torchvision ImageNet ResNet weights (e.g. `resnet50-0676ba61.pth`) into
     `model.backbone`; the classifier (`fc.*`) is ignored. A detector checkpoint's `backbone.*`
-    entries are taken as well."""
+    entries are taken as well. Any file of the right keys and shapes loads: training checks it
+    is the recipe's file first (`check_imagenet_file`)."""
     obj, placeholder = read_checkpoint(path)
     state = extract_state_dict(obj, path)
     if any(k.startswith("backbone.") for k in state):

@@ -79,6 +79,27 @@ def flatten_levels(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([o.permute(0, 2, 3, 1).reshape(b, -1, k) for o in outputs], dim=1)
 
 
+def positive_targets(anchors: torch.Tensor, assigned: torch.Tensor, gt_boxes: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per anchor of a batch: (pos bool [B, N], its GT box float32 [B, N, 4] (a padding box of
+    its image where it is not positive), its centerness target [B, N] (0 off positives)).
+    Every anchor is paired with a box so that its terms stay finite and masking needs no sync."""
+    b, n = assigned.shape
+    pos = assigned >= 0
+    pos_gt = torch.gather(gt_boxes, 1, assigned.clamp(min=0)[..., None].expand(b, n, 4))
+    ctr = centerness_target(anchors[None].expand(b, n, 4).reshape(-1, 4), pos_gt.reshape(-1, 4)).view(b, n)
+    return pos, pos_gt, torch.where(pos, ctr, 0.0)               # NaN outside GTs, masked
+
+
+def loss_normalisers(anchors: torch.Tensor, assigned: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+    """What the losses of this (micro-)batch divide by, before the average over processes:
+    float32 [2] = (sum over images of max(#positives, 1), sum of the centerness targets). The
+    assignment does not depend on predictions, so gradient accumulation can know the whole
+    accumulated batch's values before any forward pass."""
+    pos, _, ctr_target = positive_targets(anchors, assigned, gt_boxes)
+    return torch.stack([pos.sum(1).clamp(min=1).sum().float(), ctr_target.sum()])
+
+
 def atss_losses(cls_scores: Sequence[torch.Tensor], bbox_preds: Sequence[torch.Tensor],
                 centernesses: Sequence[torch.Tensor], anchors: torch.Tensor, assigned: torch.Tensor,
                 gt_boxes: torch.Tensor, gt_labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -95,7 +116,7 @@ def atss_losses(cls_scores: Sequence[torch.Tensor], bbox_preds: Sequence[torch.T
     ctr = flatten_levels(centernesses).float()[..., 0]        # [B, N]
     b, n = assigned.shape
 
-    pos = assigned >= 0                                       # [B, N]
+    pos, pos_gt, ctr_target = positive_targets(anchors, assigned, gt_boxes)  # [B, N], [B, N, 4], [B, N]
     valid = assigned != -2                                    # [B, N]: ignored anchors have no loss
     avg_factor = reduce_mean(pos.sum(1).clamp(min=1).sum().float())
 
@@ -106,12 +127,8 @@ def atss_losses(cls_scores: Sequence[torch.Tensor], bbox_preds: Sequence[torch.T
     focal = sigmoid_focal_loss(cls, onehot)                   # [B, N, C]
     loss_cls = torch.where(valid[..., None], focal, 0.0).sum() / avg_factor
 
-    # Box and centerness over the positives: every anchor is paired with a GT box of its image
-    # (padding for an image without GT), so its terms are finite, and all but positives masked.
-    pos_gt = torch.gather(gt_boxes, 1, gt_index[..., None].expand(b, n, 4))        # [B, N, 4]
+    # Box and centerness over the positives (every anchor computed, all but positives masked).
     all_anchors = anchors[None].expand(b, n, 4)
-    ctr_target = centerness_target(all_anchors.reshape(-1, 4), pos_gt.reshape(-1, 4)).view(b, n)
-    ctr_target = torch.where(pos, ctr_target, 0.0)            # [B, N]; NaN outside GTs, masked
     ctr_sum = reduce_mean(ctr_target.sum()).clamp(min=1)      # every process joins, positives or not
     pred = decode(all_anchors, box)                           # [B, N, 4]
     giou = giou_loss(pred.reshape(-1, 4), pos_gt.reshape(-1, 4)).view(b, n)
