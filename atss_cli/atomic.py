@@ -57,6 +57,15 @@ def current_umask() -> int:
     return mask
 
 
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new folder in `parent` to fill and then rename into place, with the mode `mkdir` would
+    give (0777 & ~umask) rather than mkdtemp's 0700: the folder becomes the user's dataset or
+    cache, which others may need to read as with any program's output."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(path, 0o777 & ~current_umask())
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_open(path, "w") as f:
         f.write(text)

@@ -82,7 +82,9 @@ def test_summary_numbers(coco):
     r = prepare_split(coco, "val2017", check_images=True)
     assert r["images"] == 8 and r["annotations"] == 16 and r["categories"] == 3
     assert r["usable_boxes"] == 7 and r["crowd_boxes"] == 2
-    assert r["skipped"] == {"unknown_image": 1, "ignore": 1, "no_overlap": 1, "degenerate": 2, "unknown_category": 2}
+    assert r["skipped"] == {"unknown_image": 1, "duplicate_id": 0, "ignore": 1, "non_finite": 0, "negative_size": 0,
+                            "no_overlap": 1, "degenerate": 2, "unknown_category": 2}
+    assert r["dropped_categories"] == []
     assert r["images_without_usable_box"] == 3                       # b (crowd only), d, e
     assert r["training_images"] == 5
     assert r["not_for_training"] == {"no_annotation": 2, "too_small": 1}
@@ -171,10 +173,26 @@ def test_read_only_dataset_needs_out(coco, tmp_path, monkeypatch):
         prepare_split(coco, "val2017")
     out = tmp_path / "cache"
     r = prepare_split(coco, "val2017", out_dir=out)
-    assert r["image_list"]["status"] == "read-only" and (out / "val2017.txt").exists()
+    assert r["image_list"] == {"path": str(out / "val2017.txt"), "status": "written"}
     assert (out / "val2017" / "meta.json").exists()
     assert snapshot(coco) == before
     assert load_split(coco, "val2017", out).num_images == 8
+
+
+def test_out_writes_nothing_into_a_writable_dataset(coco, tmp_path):
+    """With out_dir the dataset folder is left exactly as it was, image list included."""
+    before = snapshot(coco)
+    out = tmp_path / "out"
+    for _ in range(2):
+        r = prepare_split(coco, "val2017", out_dir=out)
+        assert snapshot(coco) == before
+    assert r["image_list"] == {"path": str(out / "val2017.txt"), "status": "exists"}
+    assert (out / "val2017.txt").read_text().split() == [n for _, n, _, _ in IMAGES]
+    # A user's own list is still compared and reported, and left alone.
+    (coco / "val2017.txt").write_text("mine.png\n")
+    before = snapshot(coco)
+    r = prepare_split(coco, "val2017", out_dir=out)
+    assert r["image_list"]["status"] == "differs" and snapshot(coco) == before
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")

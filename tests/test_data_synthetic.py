@@ -63,5 +63,6 @@ def test_pycocotools_reads_it_and_the_rules_are_exercised(tmp_path):
     assert r["not_for_training"] == {"no_annotation": 1, "too_small": 1}
     assert r["images_without_usable_box"] == 2          # no objects; only a crowd
     v = prepare_split(root, "val2017")
-    assert v["skipped"] == {"unknown_image": 0, "ignore": 0, "no_overlap": 0, "degenerate": 0, "unknown_category": 1}
+    assert v["skipped"] == {"unknown_image": 0, "duplicate_id": 0, "ignore": 0, "non_finite": 0, "negative_size": 0,
+                            "no_overlap": 0, "degenerate": 0, "unknown_category": 1}
     assert v["crowd_boxes"] >= 1 and min(v["boxes_per_category"].values()) > 0

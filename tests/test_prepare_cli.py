@@ -89,13 +89,31 @@ def test_synthetic_folder_not_empty(tmp_path):
 
 def test_synthetic_then_prepare(tmp_path):
     syn = tmp_path / "syn"
-    proc = atss("--synthetic", str(syn), "--train-images", "12", "--val-images", "4", "--json", str(tmp_path / "r.json"))
+    proc = atss("--synthetic", str(syn), "--num-train", "12", "--num-val", "4", "--json", str(tmp_path / "r.json"))
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "r.json").read_text())
     assert [r["split"] for r in data["splits"]] == ["train2017", "val2017"]
     assert (syn / ".atss_cache" / "train2017" / "meta.json").exists()
     # Again: same parameters, nothing written; `--coco` on it is the same dataset.
-    proc = atss("--synthetic", str(syn), "--train-images", "12", "--val-images", "4")
+    proc = atss("--synthetic", str(syn), "--num-train", "12", "--num-val", "4")
     assert proc.returncode == 0 and "already there" in proc.stdout
     assert atss("--coco", str(syn)).returncode == 0
     assert_one_line_error(atss("--synthetic", str(syn), "--seed", "1"), "other parameters")
+
+
+def test_out_leaves_the_dataset_folder_as_it_was_and_draw_goes_there(tmp_path):
+    """--out: not one file of the COCO folder is added or changed (the image list went there before)."""
+    from test_data_coco import snapshot
+
+    coco = make_coco(tmp_path / "coco")
+    before = snapshot(coco)
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    proc = atss("--coco", str(coco), "--out", str(out), "--draw", "2", "--json", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert snapshot(coco) == before
+    data = json.loads(report.read_text())
+    assert data["splits"][0]["image_list"]["path"] == str(out / "val2017.txt")
+    drawn = data["drawn"]
+    assert drawn["folder"] == str(out / "drawn" / "val2017") and len(drawn["files"]) == 2
+    assert all(Path(f).is_file() and f.endswith(".png") for f in drawn["files"])
+    assert "drew 2 training images" in proc.stdout

@@ -45,3 +45,18 @@ def test_a_rewritten_file_keeps_its_own_mode(tmp_path):
     atomic_write_text(target, "new\n")
     assert target.read_text() == "new\n" and stat.S_IMODE(target.stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_generated_dataset_and_cache_folders_follow_the_umask(tmp_path, umask):
+    # Both are filled in a temporary folder (mkdtemp: 0700) and renamed into place.
+    root = tmp_path / "shapes"
+    proc = subprocess.run([sys.executable, "-m", "atss_cli", "prepare", "--synthetic", str(root), "--num-train", "2",
+                           "--num-val", "1", "--size", "64"], cwd=ROOT, capture_output=True, text=True,
+                          preexec_fn=lambda: os.umask(umask), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    folders = [root, *(p for p in root.rglob("*") if p.is_dir())]
+    assert any(".atss_cache" in p.parts for p in folders), folders
+    for folder in folders:
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        assert mode == 0o777 & ~umask, f"{folder}: {oct(mode)} under umask {oct(umask)}"

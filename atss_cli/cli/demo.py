@@ -14,8 +14,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
 def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Where the dataset, run, pictures and figures go.")] = Path("demo_out"),
-    train_images: Annotated[int, typer.Option("--train-images", min=8)] = 400,
-    val_images: Annotated[int, typer.Option("--val-images", min=4)] = 50,
+    num_train: Annotated[int, typer.Option("--num-train", min=8, help="Generated training images.")] = 400,
+    num_val: Annotated[int, typer.Option("--num-val", min=4, help="Generated validation images.")] = 50,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 12,
     workers: Annotated[int, typer.Option("--workers", min=0)] = 1,
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Run the short assigner benchmark.")] = True,
@@ -25,7 +25,7 @@ def demo_command(
     from atss_cli.engine.demo import run_demo
 
     reporter = ConsoleReporter(log_interval=10)
-    result = run_demo(out, reporter, train_images=train_images, val_images=val_images, epochs=epochs,
+    result = run_demo(out, reporter, train_images=num_train, val_images=num_val, epochs=epochs,
                       workers=workers, bench=bench)
     m = result["metrics"]
     if result["bench_result"] is not None:

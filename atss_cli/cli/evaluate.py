@@ -1,4 +1,5 @@
-"""`atss eval`: COCO box AP of a checkpoint (ours or MMDetection's) on a split.
+"""`atss eval`: COCO box AP of a checkpoint (ours or MMDetection's) on a COCO split or on any
+COCO-format annotation file with its image folder (`--ann FILE --images DIR`).
 
 One process, or N processes through torch.distributed.run (`--gpus N` on CUDA with NCCL,
 `--device cpu --nproc N` with gloo): the parent re-runs this same command under the launcher,
@@ -28,15 +29,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
 
 def eval_command(
-    coco: Annotated[Path, typer.Option("--coco", help="COCO root (annotations/, val2017/).",
-                                       exists=True, file_okay=False, resolve_path=True)],
+    coco: Annotated[Optional[Path], typer.Option("--coco", help="COCO root (annotations/, val2017/).",
+                                                 exists=True, file_okay=False, resolve_path=True)] = None,
+    ann: Annotated[Optional[Path], typer.Option(
+        "--ann", help="Any COCO-format annotation file (instead of --coco); needs --images.",
+        resolve_path=True)] = None,
+    images: Annotated[Optional[Path], typer.Option(
+        "--images", help="Folder the --ann file_name values are relative to.", resolve_path=True)] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
         "--checkpoint", help="Our checkpoint or MMDetection's ATSS one.", exists=True, dir_okay=False,
         resolve_path=True)] = None,
     detections: Annotated[Optional[Path], typer.Option(
         "--detections", help="Score this COCO results file instead of running a model.", exists=True,
         dir_okay=False, resolve_path=True)] = None,
-    split: Annotated[str, typer.Option("--split", help="Image folder and annotation suffix.")] = "val2017",
+    split: Annotated[Optional[str], typer.Option("--split", help="--coco: image folder and annotation suffix "
+                                                                 "[default: val2017].")] = None,
     depth: Depth = None,
     fpn_channels: FpnChannels = None,
     head_channels: HeadChannels = None,
@@ -64,16 +71,29 @@ def eval_command(
     from atss_cli.engine.inference import parse_scale
 
     scale_wh = parse_scale(scale)  # checked before anything slow
-    split = split.strip()
+    if coco is not None and (ann is not None or images is not None):
+        fail("give either --coco ROOT or --ann FILE --images DIR, not both")
+    if coco is None:
+        if ann is None or images is None:
+            fail("give --coco ROOT, or --ann FILE with --images DIR" if ann is None and images is None else
+                 ("--ann needs --images DIR too" if images is None else "--images needs --ann FILE too"))
+        if split is not None:
+            fail("--split is for --coco; with --ann the annotation file is the split")
+        from atss_cli.data.cache import check_ann
+
+        check_ann(ann, images)
+    split = "val2017" if split is None else split.strip()
     if not split or "/" in split:
         fail(f"--split {split!r}: expected a split name like val2017")
+    # What the results file and the table are named after: the split, or the annotation file.
+    set_name = split if coco is not None else (ann.name[:-5] if ann.name.endswith(".json") else ann.name)
     if (checkpoint is None) == (detections is None):
         fail("give --checkpoint CKPT (run the model) or --detections FILE (score a results file), one of them")
     if detections is not None:
-        _score_file(detections, coco, split, cache_dir, evaluator.value, per_class, json_out)
+        _score_file(detections, coco, split, ann, images, cache_dir, evaluator.value, per_class, json_out, set_name)
         return
     if results is None:
-        results = Path.cwd() / f"{checkpoint.stem}.{split}.bbox.json"
+        results = Path.cwd() / f"{checkpoint.stem}.{set_name}.bbox.json"
     results = results.resolve()
     for out in (results, json_out):
         if out is not None and out.exists() and out.is_dir():
@@ -90,10 +110,11 @@ def eval_command(
         from atss_cli.engine.distributed import launch
         from atss_cli.engine.evaluate import check_eval_inputs
 
-        check_eval_inputs(checkpoint, coco, split=split, cache_dir=cache_dir, model_overrides=overrides)
+        check_eval_inputs(checkpoint, coco, split=split, ann=ann, images=images, cache_dir=cache_dir,
+                          model_overrides=overrides)
 
         args = _worker_args(dict(
-            coco=coco, checkpoint=checkpoint, split=split, depth=depth, fpn_channels=fpn_channels,
+            coco=coco, ann=ann, images=images, checkpoint=checkpoint, split=split, depth=depth, fpn_channels=fpn_channels,
             head_channels=head_channels, stacked_convs=stacked_convs, evaluator=evaluator.value,
             json_out=json_out, results=results, per_class=per_class, device=dev, batch_size=batch_size,
             workers=workers, scale=scale, amp=amp.value, cache_dir=cache_dir))
@@ -108,7 +129,7 @@ def eval_command(
     progress, stop = _progress(con) if rank == 0 else (None, lambda: None)
     try:
         metrics = evaluate_checkpoint(
-            checkpoint, coco, split=split, cache_dir=cache_dir,
+            checkpoint, coco, split=split, ann=ann, images=images, cache_dir=cache_dir,
             model_overrides=overrides, device=dev, batch_size=batch_size, workers=workers, scale=scale_wh, evaluator=evaluator.value,
             per_class=per_class, results_path=results, amp=None if amp is Amp.none else amp.value,
             progress=progress)
@@ -116,18 +137,19 @@ def eval_command(
         stop()
     if rank != 0:
         return
-    print_metrics(con, metrics, title=f"COCO bbox: {checkpoint.name} on {split}")
+    print_metrics(con, metrics, title=f"COCO bbox: {checkpoint.name} on {set_name}")
     _write_metrics(json_out, metrics)
 
 
-def _score_file(detections: Path, coco: Path, split: str, cache_dir: Path | None, evaluator: str,
-                per_class: bool, json_out: Path | None) -> None:
+def _score_file(detections: Path, coco: Path | None, split: str, ann: Path | None, images: Path | None,
+                cache_dir: Path | None, evaluator: str, per_class: bool, json_out: Path | None,
+                set_name: str) -> None:
     from atss_cli.cli.common import console
     from atss_cli.engine.evaluate import evaluate_detections_file
 
-    metrics = evaluate_detections_file(detections, coco, split=split, cache_dir=cache_dir, evaluator=evaluator,
-                                       per_class=per_class)
-    print_metrics(console(), metrics, title=f"COCO bbox: {detections.name} on {split}")
+    metrics = evaluate_detections_file(detections, coco, split=split, ann=ann, images=images, cache_dir=cache_dir,
+                                       evaluator=evaluator, per_class=per_class)
+    print_metrics(console(), metrics, title=f"COCO bbox: {detections.name} on {set_name}")
     _write_metrics(json_out, metrics)
 
 
@@ -141,8 +163,9 @@ def _write_metrics(json_out: Path | None, metrics: dict) -> None:
 
 def _worker_args(a: dict) -> list[str]:
     """The command line each launched process runs: `eval` with the resolved options, one process each."""
-    args = ["eval", "--coco", str(a["coco"]), "--checkpoint", str(a["checkpoint"]), "--split", a["split"],
-            "--evaluator", a["evaluator"], "--results", str(a["results"]), "--device", a["device"],
+    where = (["--coco", str(a["coco"]), "--split", a["split"]] if a["coco"] is not None else
+             ["--ann", str(a["ann"]), "--images", str(a["images"])])
+    args = ["eval", *where, "--checkpoint", str(a["checkpoint"]), "--evaluator", a["evaluator"], "--results", str(a["results"]), "--device", a["device"],
             "--batch-size", str(a["batch_size"]), "--workers", str(a["workers"]), "--amp", a["amp"]]
     for flag, key in (("--depth", "depth"), ("--fpn-channels", "fpn_channels"), ("--head-channels", "head_channels"),
                       ("--stacked-convs", "stacked_convs"), ("--scale", "scale"), ("--json", "json_out"),

@@ -14,6 +14,17 @@ Contract (issue 4; the engine codes against these names):
         The prepared split, building its cache when absent or stale (atomic, locked against
         concurrent builders). AtssError when the split is not there or its JSON is not COCO.
 
+    prepare_ann(ann_file: Path, image_dir: Path, out_dir=None, name=None, check_images=False,
+                workers=2, progress=None) -> dict
+    load_ann(ann_file: Path, image_dir: Path, cache_dir=None) -> CocoCache
+        The same for any COCO-format JSON and the folder its file_name values (sub-folders
+        allowed) are relative to: category ids any integers >= 0, supercategory-only entries
+        dropped (stats["dropped_categories"]). The cache and the image list go to
+        `<cache_dir or .atss_cache beside the JSON>/<ann_cache_name(ann_file)>`.
+    open_dataset(*, coco=None, split=None, ann=None, images=None, cache_dir=None) -> CocoCache
+        Either of the two, as the command-line options name it.
+    draw_training_images(cache, n, out_dir) -> dict    (`atss prepare --draw N`)
+
     CocoCache: num_images, image_ids (int64 [N]), heights, widths (int32 [N], from the JSON),
         file_names (sequence of str), file_name(i), image_path(i), image_dir, ann_file, split,
         boxes(i) float32 [M, 4] xyxy and labels(i) int64 [M] (non-crowd usable boxes,
@@ -72,8 +83,9 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "prepare_split": "prepare", "check_image_files": "prepare",
-    "load_split": "cache", "CocoCache": "cache",
+    "prepare_split": "prepare", "check_image_files": "prepare", "prepare_ann": "prepare",
+    "draw_training_images": "prepare",
+    "load_split": "cache", "CocoCache": "cache", "load_ann": "cache", "open_dataset": "cache",
     "generate_synthetic": "synthetic",
     "TrainDataset": "dataset", "TestDataset": "dataset", "collate": "dataset", "CorruptImagesError": "dataset",
     "BadTargetsError": "dataset", "check_sample_targets": "dataset",

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atss_cli.atomic import atomic_write_text
+from atss_cli.atomic import atomic_write_text, make_temp_dir
 from atss_cli.data.coco import MIN_TRAIN_SIDE, ParsedSplit, load_json, parse_coco
 from atss_cli.errors import AtssError
 
@@ -223,7 +223,7 @@ def write_cache(split_dir: Path, parsed: ParsedSplit, split: str, ann_file: Path
     """Write the arrays into a temporary folder beside `split_dir` and rename it into place."""
     parent = split_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{split}.tmp-"))
+    tmp = make_temp_dir(parent, f".{split}.tmp-")
     try:
         arrays = {"image_ids": parsed.image_ids, "heights": parsed.heights, "widths": parsed.widths,
                   "names": parsed.names_blob, "name_offsets": parsed.name_offsets, "has_ann": parsed.has_known_ann,
@@ -234,7 +234,6 @@ def write_cache(split_dir: Path, parsed: ParsedSplit, split: str, ann_file: Path
         meta = {"format": FORMAT, "split": split, "ann_file": str(ann_file), "source": source,
                 "categories": parsed.categories, "stats": parsed.stats}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.chmod(tmp, 0o755)
         old = None
         if split_dir.exists():
             old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{split}.old-"))
@@ -295,8 +294,12 @@ def resolve_cache_root(coco_root: Path, cache_dir: Path | None) -> Path:
 def ensure_cache(coco_root: Path, split: str, cache_dir: Path | None = None) -> tuple[Path, bool, ParsedSplit | None]:
     """Build the cache of `split` if it is absent or stale: (split dir, built now?, parsed or None)."""
     ann, _ = check_split(coco_root, split)
-    root = resolve_cache_root(coco_root, cache_dir)
+    return _ensure(ann, resolve_cache_root(coco_root, cache_dir), split, cache_dir is not None)
+
+
+def _ensure(ann: Path, root: Path, split: str, explicit_root: bool) -> tuple[Path, bool, ParsedSplit | None]:
     split_dir = root / split
+    cache_dir = root if explicit_root else None
     if is_fresh(split_dir, ann):
         return split_dir, False, None
     if not _writable(root):
@@ -320,3 +323,62 @@ def load_split(coco_root: Path, split: str, cache_dir: Path | None = None) -> Co
     split_dir, _, _ = ensure_cache(coco_root, split, cache_dir)
     ann, image_dir = check_split(coco_root, split)
     return CocoCache(split_dir, image_dir, ann)
+
+
+# --------------------------------------------------------------------------- any COCO-format file
+
+
+def check_ann(ann_file: Path, image_dir: Path) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a dataset given as files, or AtssError naming what is missing."""
+    ann, images = Path(ann_file), Path(image_dir)
+    if not ann.exists():
+        raise AtssError(f"annotation file not found: {ann}")
+    if not ann.is_file():
+        raise AtssError(f"not a file: {ann} (pass the COCO-format JSON)")
+    if not images.exists():
+        raise AtssError(f"image folder not found: {images}")
+    if not images.is_dir():
+        raise AtssError(f"not a folder: {images} (pass the folder the JSON's file_name values are relative to)")
+    return ann, images
+
+
+def ann_cache_name(ann_file: Path) -> str:
+    """The cache folder name of an annotation file: its stem and a hash of its absolute path, so
+    that two exports with the same file name (train/_annotations.coco.json, valid/...) differ."""
+    ann = Path(ann_file).resolve()
+    stem = ann.name[:-5] if ann.name.endswith(".json") else ann.name
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem).strip(".") or "ann"
+    return f"{stem}-{hashlib.sha1(str(ann).encode()).hexdigest()[:8]}"
+
+
+def resolve_ann_cache_root(ann_file: Path, cache_dir: Path | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else Path(ann_file).parent / CACHE_DIRNAME
+
+
+def ensure_ann_cache(ann_file: Path, image_dir: Path, cache_dir: Path | None = None) -> tuple[Path, bool]:
+    """Build the cache of an annotation file when absent or stale: (split dir, built now?)."""
+    ann, _ = check_ann(ann_file, image_dir)
+    split_dir, built, _ = _ensure(ann, resolve_ann_cache_root(ann, cache_dir), ann_cache_name(ann),
+                                  cache_dir is not None)
+    return split_dir, built
+
+
+def load_ann(ann_file: Path, image_dir: Path, cache_dir: Path | None = None) -> CocoCache:
+    """A dataset given as a COCO-format JSON and its image folder (any layout, any tool's export).
+
+    The cache goes to `<cache_dir>/<ann_cache_name>` (default: `.atss_cache` beside the JSON).
+    """
+    split_dir, _ = ensure_ann_cache(ann_file, image_dir, cache_dir)
+    return CocoCache(split_dir, Path(image_dir), Path(ann_file))
+
+
+def open_dataset(*, coco: Path | None = None, split: str | None = None, ann: Path | None = None,
+                 images: Path | None = None, cache_dir: Path | None = None) -> CocoCache:
+    """`load_split(coco, split)` or `load_ann(ann, images)`, whichever the options name (one of them)."""
+    if coco is not None:
+        if ann is not None or images is not None:
+            raise AtssError("give either --coco ROOT or --ann FILE --images DIR, not both")
+        return load_split(Path(coco), split or "val2017", cache_dir)
+    if ann is None or images is None:
+        raise AtssError("give --coco ROOT, or both --ann FILE and --images DIR")
+    return load_ann(Path(ann), Path(images), cache_dir)

@@ -4,10 +4,17 @@ The rules are SPEC.md section 5 (MMDetection's `CocoDataset.parse_data_info` and
 `filter_data`). An annotation is dropped, for the first reason that applies, in this order:
 
     unknown_image      its image_id is not in "images"
+    duplicate_id       an earlier annotation has the same "id" (the first one is kept)
     ignore             "ignore" is set
+    non_finite         a box value or the area is NaN or infinite
+    negative_size      the box's width or height is negative
     no_overlap         the box does not overlap the image (intersection area 0)
-    degenerate         area <= 0, w < 1, h < 1, or a non-finite value
+    degenerate         area <= 0, w < 1 or h < 1
     unknown_category   its category_id is not in "categories"
+
+(MMDetection drops the same boxes: non-finite ones as degenerate, negative ones as not
+overlapping; the reasons here only name them better. Duplicate ids would make COCOeval read
+one annotation twice.)
 
 What is left is a *usable* box (xyxy, not clipped: the transforms clip after resizing).
 `iscrowd=1` usable boxes stay in the arrays, flagged, and are kept out of training GT.
@@ -15,7 +22,11 @@ An image is used for training when it has at least one annotation of a known cat
 kind (so an image whose annotations are all crowd, ignored or degenerate stays, with zero GT,
 as in MMDetection) and its shorter side is at least 32 pixels.
 
-Category ids map to contiguous labels 0..C-1 in sorted id order.
+Category ids (any integers >= 0, gaps allowed) map to contiguous labels 0..C-1 in sorted id
+order. A category without any annotation whose name is another category's "supercategory" (the
+parent entry of a Roboflow export) is dropped before the mapping and listed under
+stats["dropped_categories"]. Fields a detector does not read (segmentation, keypoints,
+attributes, tracking ids) are ignored; a missing "area" is w * h and a missing "iscrowd" is 0.
 
 Nothing here imports torch or prints.
 """
@@ -33,7 +44,8 @@ import numpy as np
 
 from atss_cli.errors import AtssError
 
-SKIP_REASONS = ("unknown_image", "ignore", "no_overlap", "degenerate", "unknown_category")
+SKIP_REASONS = ("unknown_image", "duplicate_id", "ignore", "non_finite", "negative_size", "no_overlap", "degenerate",
+                "unknown_category")
 MIN_TRAIN_SIDE = 32
 
 
@@ -178,6 +190,20 @@ def _annotation_columns(path: Path, anns: list):
     return ann_img, ann_cat, bbox, crowd, area, ann_ids
 
 
+def _kept_categories(cats: list, cat_ids: np.ndarray, ann_cat: np.ndarray) -> tuple[list[dict], list[dict]]:
+    """([{"id", "name"}] in label order, [{"id", "name"}] dropped as supercategory-only entries)."""
+    used = set(np.unique(ann_cat).tolist())
+    parents = {str(c["supercategory"]) for c in cats if isinstance(c.get("supercategory"), str)}
+    kept, dropped = [], []
+    for j in np.argsort(cat_ids, kind="stable"):
+        c = cats[j]
+        entry = {"id": int(c["id"]), "name": str(c["name"])}
+        is_parent = entry["name"] in parents and any(
+            o is not c and o.get("supercategory") == entry["name"] for o in cats)
+        (dropped if is_parent and entry["id"] not in used else kept).append(entry)
+    return kept, dropped
+
+
 def parse_coco(path: Path, data) -> ParsedSplit:
     """Apply the section-5 rules to the loaded JSON `data` of annotation file `path`."""
     if not isinstance(data, dict):
@@ -193,17 +219,17 @@ def parse_coco(path: Path, data) -> ParsedSplit:
     if not cats:
         raise _not_coco(path, '"categories" is empty')
 
-    # --- categories: contiguous labels in sorted id order
+    # --- categories: checked here, mapped to labels once the annotations are read
     for c in cats:
         if not isinstance(c, dict) or not _CAT_CHECKS["id"][0](c.get("id")) or not isinstance(c.get("name"), str):
             raise _find_bad_record(path, cats, "categories", _CAT_CHECKS)
     cat_ids = np.array([c["id"] for c in cats], dtype=np.int64)
+    if (cat_ids < 0).any():
+        i = int(np.flatnonzero(cat_ids < 0)[0])
+        raise _not_coco(path, f'"categories"[{i}]["id"] must be an integer >= 0, got {int(cat_ids[i])}')
     uniq, counts = np.unique(cat_ids, return_counts=True)
     if (counts > 1).any():
         raise _not_coco(path, f'"categories" repeats id {int(uniq[counts > 1][0])}')
-    order = np.argsort(cat_ids, kind="stable")
-    categories = [{"id": int(cats[j]["id"]), "name": str(cats[j]["name"])} for j in order]
-    sorted_cat_ids = cat_ids[order]
 
     # --- images (JSON order, as MMDetection)
     image_ids = _column(path, images, "images", "id", _IMAGE_CHECKS, np.int64)
@@ -228,6 +254,8 @@ def parse_coco(path: Path, data) -> ParsedSplit:
     if k and not isinstance(anns[0], dict):
         raise _find_bad_record(path, anns, "annotations", _ANN_CHECKS)
     ann_img, ann_cat, bbox, crowd, area, ann_ids = _annotation_columns(path, anns)
+    categories, dropped = _kept_categories(cats, cat_ids, ann_cat)
+    sorted_cat_ids = np.array([c["id"] for c in categories], dtype=np.int64)
     ignore = np.zeros(k, dtype=bool)
     if any("ignore" in a for a in anns):
         ignore = np.array([bool(a.get("ignore", 0)) for a in anns], dtype=bool)
@@ -255,8 +283,17 @@ def parse_coco(path: Path, data) -> ParsedSplit:
         no_overlap = finite & ~(inter_w * inter_h > 0)
         degenerate = ~finite | (area <= 0) | (w < 1) | (h < 1)
 
+    negative = finite & ((w < 0) | (h < 0))
+    duplicate = np.zeros(k, dtype=bool)
+    if k:
+        # Repeats of an id (the first stays); a file without ids reads -1 for each, not a repeat.
+        _, first = np.unique(ann_ids, return_index=True)
+        duplicate[:] = True
+        duplicate[first] = False
+        duplicate &= ann_ids != -1
     reason = np.full(k, -1, dtype=np.int8)
-    for r, mask in enumerate((~known_image, ignore, no_overlap, degenerate, ~known_cat)):
+    for r, mask in enumerate((~known_image, duplicate, ignore, ~finite, negative, no_overlap, degenerate,
+                              ~known_cat)):
         reason[(reason < 0) & mask] = r
     usable = reason < 0
     skipped = {name: int((reason == r).sum()) for r, name in enumerate(SKIP_REASONS)}
@@ -290,6 +327,7 @@ def parse_coco(path: Path, data) -> ParsedSplit:
         "not_for_training": {"no_annotation": int((~has_known_ann).sum()),
                              "too_small": int((has_known_ann & too_small).sum())},
         "boxes_per_category": {c["name"]: int(n) for c, n in zip(categories, box_counts)},
+        "dropped_categories": dropped,
     }
     return ParsedSplit(image_ids=image_ids, heights=heights, widths=widths, names_blob=names_blob,
                        name_offsets=name_offsets, has_known_ann=has_known_ann, boxes=xyxy,

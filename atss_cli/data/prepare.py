@@ -13,8 +13,14 @@ The report (a JSON-able dict; the CLI prints it as a table):
                   EXIF orientation applied, and a JSON size that is the stored, unrotated one of
                   an EXIF-rotated photo says so in its example)
 
-User files are never modified: the image list `<coco>/<split>.txt` is written only when absent;
-when an existing one differs (or the dataset is read-only) ours goes to the cache folder.
+User files are never modified: the image list `<coco>/<split>.txt` is written only when absent
+and no `out_dir` was given; when an existing one differs, the dataset is read-only or `out_dir`
+is given, ours goes to the cache folder, so that with `out_dir` nothing at all is written into
+the dataset folder. A dataset given as files (`prepare_ann`: any COCO-format JSON and its image
+folder) keeps its list in the cache folder as `<cache name>.txt`.
+
+`draw_training_images(cache, n, out_dir)` draws n training images with their boxes and class
+names into PNG files, so a user sees at a glance that the annotations were read right.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from atss_cli.atomic import atomic_write_text
-from atss_cli.data.cache import CocoCache, check_split, ensure_cache, resolve_cache_root
+from atss_cli.data.cache import (CocoCache, check_split, ensure_ann_cache, ensure_cache, resolve_ann_cache_root,
+                                 resolve_cache_root)
 from atss_cli.errors import AtssError
 
 _EXAMPLES = 10
@@ -39,11 +46,31 @@ def _missing_files(image_dir: Path, names) -> list[str]:
     return [n for n in names if (n not in present if "/" not in n else not (image_dir / n).is_file())]
 
 
-def _image_list(coco_root: Path, split: str, names: list[str], cache_root: Path) -> dict:
-    """Write `<coco>/<split>.txt` if absent; never overwrite a user's file."""
+def _write_ours(ours: Path, text: str) -> str:
+    """Write our list unless it is there already: "written" or "exists"."""
+    try:
+        if ours.read_text(encoding="utf-8") == text:
+            return "exists"
+    except (OSError, UnicodeDecodeError):
+        pass
+    ours.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ours, text)
+    return "written"
+
+
+def _image_list(coco_root: Path | None, split: str, names: list[str], cache_root: Path,
+                dataset_writable: bool = True) -> dict:
+    """Write `<coco>/<split>.txt` if absent and allowed; never overwrite a user's file.
+
+    `coco_root` None (a dataset given as files) or `dataset_writable` False (`out_dir` given)
+    keeps the list in `cache_root`; a user's differing list is still reported."""
     text = "".join(n + "\n" for n in names)
-    target = Path(coco_root) / f"{split}.txt"
     ours = cache_root / f"{split}.txt"
+    if coco_root is None:
+        return {"path": str(ours), "status": _write_ours(ours, text)}
+    target = Path(coco_root) / f"{split}.txt"
+    if not dataset_writable and not target.exists():
+        return {"path": str(ours), "status": _write_ours(ours, text)}
     if target.exists():
         try:
             existing = [ln.strip() for ln in target.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
@@ -56,7 +83,7 @@ def _image_list(coco_root: Path, split: str, names: list[str], cache_root: Path)
             atomic_write_text(ours, text)
         return {"path": str(ours), "status": "differs",
                 "note": f"{target} differs from the annotation file's images; ours is {ours}"}
-    if os.access(coco_root, os.W_OK):
+    if dataset_writable and os.access(coco_root, os.W_OK):
         atomic_write_text(target, text)
         return {"path": str(target), "status": "written"}
     if not (ours.exists() and ours.read_text() == text):
@@ -122,13 +149,78 @@ def prepare_split(coco_root: Path, split: str, out_dir: Path | None = None, chec
     ann, image_dir = check_split(coco_root, split)
     split_dir, built, _ = ensure_cache(coco_root, split, out_dir)
     cache = CocoCache(split_dir, image_dir, ann)
-    cache_root = resolve_cache_root(coco_root, out_dir)
     names = list(cache.file_names)
-    missing = _missing_files(image_dir, names)
-    report = {"split": split, "ann_file": str(ann), "image_dir": str(image_dir),
+    image_list = _image_list(coco_root, split, names, resolve_cache_root(coco_root, out_dir),
+                             dataset_writable=out_dir is None)
+    return _report(cache, split, split_dir, built, names, image_list, check_images, workers, progress)
+
+
+def prepare_ann(ann_file: Path, image_dir: Path, out_dir: Path | None = None, name: str | None = None,
+                check_images: bool = False, workers: int = 2,
+                progress: Callable[[int, int], None] | None = None) -> dict:
+    """`prepare_split` for a dataset given as files: any COCO-format JSON and its image folder.
+
+    `out_dir` is the cache root (default `.atss_cache` beside the JSON); `name` the report's
+    "split" (e.g. "train"), default the cache name. The report also holds "cache_name".
+    """
+    split_dir, built = ensure_ann_cache(ann_file, image_dir, out_dir)
+    cache = CocoCache(split_dir, Path(image_dir), Path(ann_file))
+    names = list(cache.file_names)
+    image_list = _image_list(None, split_dir.name, names, resolve_ann_cache_root(ann_file, out_dir))
+    report = _report(cache, name or split_dir.name, split_dir, built, names, image_list, check_images, workers,
+                     progress)
+    report["cache_name"] = split_dir.name
+    return report
+
+
+def _report(cache: CocoCache, split: str, split_dir: Path, built: bool, names: list[str], image_list: dict,
+            check_images: bool, workers: int, progress) -> dict:
+    missing = _missing_files(cache.image_dir, names)
+    report = {"split": split, "ann_file": str(cache.ann_file), "image_dir": str(cache.image_dir),
               "cache": {"path": str(split_dir), "status": "built" if built else "up to date"},
               **cache.stats, "missing_files": len(missing), "missing_examples": missing[:_EXAMPLES],
-              "image_list": _image_list(coco_root, split, names, cache_root)}
+              "image_list": image_list}
+    report.setdefault("dropped_categories", [])
     if check_images:
         report["check_images"] = check_image_files(cache, workers, progress)
     return report
+
+
+def _picture_name(index: int, file_name: str) -> str:
+    stem = file_name.rsplit(".", 1)[0] if "." in file_name.rsplit("/", 1)[-1] else file_name
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem.replace("/", "__"))
+    return f"{index:04d}_{safe[-80:]}.png"
+
+
+def draw_training_images(cache: CocoCache, n: int, out_dir: Path) -> dict:
+    """Draw `n` training images (spread over the split) with their boxes and class names as PNG
+    files in `out_dir`: {"folder", "files", "unreadable": [file names]}."""
+    import numpy as np
+
+    from atss_cli.atomic import atomic_write_bytes
+    from atss_cli.data.transforms import DecodeError, bgr_to_rgb_tensor, read_image
+    from atss_cli.engine.draw import draw_boxes, encode_png
+
+    if n < 0:
+        raise AtssError(f"--draw must be >= 0, got {n}")
+    indices = cache.train_indices()
+    if n < len(indices):
+        indices = indices[np.linspace(0, len(indices) - 1, n).round().astype(np.int64)] if n else indices[:0]
+    names = [c["name"] for c in cache.categories]
+    out_dir = Path(out_dir)
+    files, unreadable = [], []
+    for i in indices.tolist():
+        try:
+            bgr = read_image(cache.image_path(i))
+        except (DecodeError, OSError):
+            unreadable.append(cache.file_name(i))
+            continue
+        import torch
+
+        picture = draw_boxes(bgr_to_rgb_tensor(bgr), torch.from_numpy(cache.boxes(i)), cache.labels(i).tolist(),
+                             names)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / _picture_name(i, cache.file_name(i))
+        atomic_write_bytes(path, encode_png(picture))
+        files.append(str(path))
+    return {"folder": str(out_dir), "files": files, "unreadable": unreadable}

@@ -26,11 +26,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from atss_cli.atomic import make_temp_dir
 from atss_cli.errors import AtssError
 
 CATEGORIES = [{"id": 1, "name": "rectangle", "supercategory": "shape"},
@@ -264,7 +264,7 @@ def generate_synthetic(out_dir: Path, train_images: int = 400, val_images: int =
     params = {"version": VERSION, "train_images": int(train_images), "val_images": int(val_images),
               "seed": int(seed), "size": int(size)}
     if train_images < 0 or val_images < 0 or train_images + val_images == 0:
-        raise AtssError(f"need at least one image (got --train-images {train_images}, --val-images {val_images})")
+        raise AtssError(f"need at least one image (got --num-train {train_images}, --num-val {val_images})")
     if not 64 <= size <= 4096:
         raise AtssError(f"--size must be between 64 and 4096 pixels, got {size}")
     marker = out / "synthetic.json"
@@ -283,7 +283,7 @@ def generate_synthetic(out_dir: Path, train_images: int = 400, val_images: int =
         if any(out.iterdir()):
             raise AtssError(f"{out} is not empty; choose a new or empty folder for the synthetic dataset")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
     try:
         (tmp / "annotations").mkdir()
         counts = {}
@@ -292,7 +292,6 @@ def generate_synthetic(out_dir: Path, train_images: int = 400, val_images: int =
                 counts[split] = _write_split(tmp, split, n, seed, size)
         marker_tmp = tmp / "synthetic.json"
         marker_tmp.write_text(json.dumps(params, indent=1))
-        os.chmod(tmp, 0o755)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.rename(tmp, out)

@@ -37,7 +37,7 @@ Public API (nothing here prints; the CLI does):
         The returned dict also holds "num_images" and "num_detections" (ints) and
         "seconds_inference", "seconds_eval" (floats).
 
-    evaluate_checkpoint(checkpoint, coco, *, split="val2017", cache_dir=None,
+    evaluate_checkpoint(checkpoint, coco=None, *, split="val2017", ann=None, images=None, cache_dir=None,
                         model_overrides=None, device="auto", batch_size=1, workers=2, scale=None,
                         evaluator="faster-coco-eval", per_class=False, results_path=None,
                         amp=None, progress=None) -> dict
@@ -45,14 +45,21 @@ Public API (nothing here prints; the CLI does):
         categories, architecture from the checkpoint config / flags / R50 defaults, see
         atss_cli.engine.inference), then `evaluate`. In a process started by
         torch.distributed.run (WORLD_SIZE > 1) it joins the group itself
-        (atss_cli.engine.distributed.init_from_env) and leaves it at the end.
+        (atss_cli.engine.distributed.init_from_env) and leaves it at the end. The dataset is
+        `coco` + `split`, or any COCO-format JSON `ann` with its image folder `images`
+        (atss_cli.data.cache.open_dataset); the same holds for the two functions below.
 
-    evaluate_detections_file(detections, coco, *, split="val2017", cache_dir=None,
+    eval_ground_truth(cache) -> dict
+        What COCOeval scores against: the JSON with missing "area" / "iscrowd" / "id" filled
+        in and the annotations and categories the data pipeline drops left out.
+
+    evaluate_detections_file(detections, coco=None, *, split="val2017", ann=None, images=None, cache_dir=None,
                              evaluator="faster-coco-eval", per_class=False) -> dict
         `atss eval --detections FILE`: scores an existing COCO results file (ours, or
         MMDetection's `.bbox.json`) without a model. `load_detections(path)` reads and checks one.
 
-    check_eval_inputs(checkpoint, coco, *, split="val2017", cache_dir=None, model_overrides=None)
+    check_eval_inputs(checkpoint, coco=None, *, split="val2017", ann=None, images=None, cache_dir=None,
+                      model_overrides=None)
         The launching process of `atss eval --gpus N` checks split, checkpoint and model once
         (one clear error instead of N) before starting the workers.
 
@@ -275,8 +282,50 @@ def _per_class_ap(coco_eval, gt, categories) -> dict[str, float]:
     for k, cat_id in enumerate(cat_ids):
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
-        out[names.get(int(cat_id), str(cat_id))] = float(p.mean()) if p.size else -1.0
+        name = names.get(int(cat_id), str(cat_id))
+        if name in out:  # two categories of one name: the table keeps both
+            name = f"{name} (id {int(cat_id)})"
+        out[name] = float(p.mean()) if p.size else -1.0
     return out
+
+
+def eval_ground_truth(cache) -> dict:
+    """The COCOeval ground truth of `cache`'s annotation file, as a loaded COCO dict.
+
+    A file from COCO itself passes unchanged. A hand-made or exported one may lack what
+    COCOeval reads without a default: a missing "area" becomes the box's w * h (COCOeval's
+    small / medium / large ranges read it), a missing "iscrowd" 0, a missing "id" a fresh one.
+    Annotations the data pipeline skips as duplicate ids (COCOeval would read the last one
+    twice), non-finite or negative-size boxes are left out, and so are categories it drops
+    (supercategory-only entries), so the per-class table holds the classes the model knows.
+    """
+    from atss_cli.data.coco import load_json
+
+    path = Path(cache.ann_file)
+    with open(path, "rb") as f:
+        data = load_json(path, f.read())
+    kept_ids = {int(c["id"]) for c in cache.categories}
+    anns, seen = [], set()
+    next_id = 1 + max((a["id"] for a in data["annotations"]
+                       if isinstance(a.get("id"), int) and not isinstance(a.get("id"), bool)), default=0)
+    for a in data["annotations"]:
+        ann_id = a.get("id")
+        if ann_id is not None and ann_id != -1 and ann_id in seen:
+            continue
+        x, y, w, h = (float(v) for v in a["bbox"])
+        if not np.isfinite([x, y, w, h]).all() or w < 0 or h < 0:
+            continue
+        a = dict(a)
+        if ann_id is None or (ann_id == -1 and -1 in seen):  # absent ids read -1 in the pipeline
+            a["id"], next_id = next_id, next_id + 1
+        seen.add(a["id"])
+        if a.get("area") is None:
+            a["area"] = w * h
+        a.setdefault("iscrowd", 0)
+        anns.append(a)
+    cats = [c for c in data["categories"] if int(c["id"]) in kept_ids]
+    return {**{k: v for k, v in data.items() if k not in ("annotations", "categories")},
+            "annotations": anns, "categories": cats}
 
 
 # ----------------------------------------------------------------------------- top level
@@ -326,7 +375,7 @@ def evaluate(model, cache, *, device, batch_size: int = 1, workers: int = 2,
             if results_path is not None:
                 write_json_atomic(results_path, detections)
             t1 = time.perf_counter()
-            metrics = coco_evaluate(cache.ann_file, detections, evaluator=evaluator,
+            metrics = coco_evaluate(eval_ground_truth(cache), detections, evaluator=evaluator,
                                     per_class=per_class, categories=cache.categories)
             metrics.update(num_images=len(packed), num_detections=len(detections),
                            seconds_inference=t_infer, seconds_eval=time.perf_counter() - t1)
@@ -346,7 +395,17 @@ def evaluate(model, cache, *, device, batch_size: int = 1, workers: int = 2,
     return metrics
 
 
-def evaluate_checkpoint(checkpoint: str | Path, coco: str | Path, *, split: str = "val2017",
+def _open(coco, split, ann, images, cache_dir):
+    from atss_cli.data.cache import open_dataset
+
+    return open_dataset(coco=Path(coco) if coco is not None else None, split=split,
+                        ann=Path(ann) if ann is not None else None,
+                        images=Path(images) if images is not None else None,
+                        cache_dir=Path(cache_dir) if cache_dir else None)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, coco: str | Path | None = None, *, split: str = "val2017",
+                        ann: str | Path | None = None, images: str | Path | None = None,
                         cache_dir: str | Path | None = None, model_overrides: dict | None = None,
                         device: str = "auto", batch_size: int = 1, workers: int = 2,
                         scale: tuple[int, int] | None = None, evaluator: str = "faster-coco-eval",
@@ -364,7 +423,6 @@ def evaluate_checkpoint(checkpoint: str | Path, coco: str | Path, *, split: str 
     """
     import torch
 
-    from atss_cli.data import load_split
     from atss_cli.engine import distributed
     from atss_cli.engine.device import resolve_device
     from atss_cli.engine.inference import (DEFAULT_SCALE, build_inference_model, model_fields,
@@ -380,14 +438,15 @@ def evaluate_checkpoint(checkpoint: str | Path, coco: str | Path, *, split: str 
     try:
         if dev.type == "cuda" and dist_info.enabled:
             dev = torch.device("cuda", dist_info.local_rank)
-        cache = load_split(Path(coco), split, cache_dir=Path(cache_dir) if cache_dir else None)
+        cache = _open(coco, split, ann, images, cache_dir)
         model = build_inference_model(checkpoint, num_classes=cache.num_classes, device=dev,
                                       overrides=model_overrides, info=info_ckpt)
         use_scale = tuple(scale) if scale else (info_ckpt.scale or DEFAULT_SCALE)
         metrics = evaluate(model, cache, device=dev, batch_size=batch_size, workers=workers, scale=use_scale,
                            evaluator=evaluator, per_class=per_class, results_path=results_path, amp=amp,
                            progress=progress)
-        metrics.update(checkpoint=str(checkpoint), split=split, scale=list(use_scale),
+        metrics.update(checkpoint=str(checkpoint), split=split if coco is not None else None,
+                       ann_file=str(cache.ann_file), scale=list(use_scale),
                        model=model_fields(info_ckpt, model_overrides),
                        results=str(results_path) if results_path is not None else None,
                        device=str(dev), world_size=dist_info.world_size)
@@ -396,16 +455,16 @@ def evaluate_checkpoint(checkpoint: str | Path, coco: str | Path, *, split: str 
         distributed.shutdown()
 
 
-def check_eval_inputs(checkpoint: str | Path, coco: str | Path, *, split: str = "val2017",
+def check_eval_inputs(checkpoint: str | Path, coco: str | Path | None = None, *, split: str = "val2017",
+                      ann: str | Path | None = None, images: str | Path | None = None,
                       cache_dir: str | Path | None = None, model_overrides: dict | None = None) -> None:
     """What `evaluate_checkpoint` would trip over, checked once in the launching process before
     N processes start: the split (its cache is built here, once), the checkpoint, the model it
     builds (on the CPU) and the class count. Raises AtssError; returns nothing."""
-    from atss_cli.data import load_split
     from atss_cli.engine.inference import build_inference_model, read_checkpoint_info
 
     info = read_checkpoint_info(checkpoint)
-    cache = load_split(Path(coco), split, cache_dir=Path(cache_dir) if cache_dir else None)
+    cache = _open(coco, split, ann, images, cache_dir)
     build_inference_model(checkpoint, num_classes=cache.num_classes, device="cpu", overrides=model_overrides,
                           info=info)
 
@@ -435,26 +494,26 @@ def load_detections(path: str | Path) -> list[dict]:
     return records
 
 
-def evaluate_detections_file(detections: str | Path, coco: str | Path, *, split: str = "val2017",
+def evaluate_detections_file(detections: str | Path, coco: str | Path | None = None, *, split: str = "val2017",
+                             ann: str | Path | None = None, images: str | Path | None = None,
                              cache_dir: str | Path | None = None, evaluator: str = "faster-coco-eval",
                              per_class: bool = False) -> dict:
     """`atss eval --detections FILE`: score an existing results file against the split's annotations.
 
     Category ids must be the annotation file's. Returns `coco_evaluate`'s dict plus
     "num_images", "num_detections", "seconds_eval", "split", "results" (the file)."""
-    from atss_cli.data import load_split
-
     if evaluator not in EVALUATORS:
         raise AtssError(f"unknown evaluator {evaluator!r}; choose one of {', '.join(EVALUATORS)}")
-    cache = load_split(Path(coco), split, cache_dir=Path(cache_dir) if cache_dir else None)
+    cache = _open(coco, split, ann, images, cache_dir)
     records = load_detections(detections)
     known = {int(c["id"]) for c in cache.categories}
     unknown = {r["category_id"] for r in records} - known
     if unknown:
         raise AtssError(f"{detections}: category id {sorted(unknown)[0]} is not in {cache.ann_file.name}")
     t = time.perf_counter()
-    metrics = coco_evaluate(cache.ann_file, records, evaluator=evaluator, per_class=per_class,
+    metrics = coco_evaluate(eval_ground_truth(cache), records, evaluator=evaluator, per_class=per_class,
                             categories=cache.categories)
     metrics.update(num_images=cache.num_images, num_detections=len(records),
-                   seconds_eval=time.perf_counter() - t, split=split, results=str(detections))
+                   seconds_eval=time.perf_counter() - t, split=split if coco is not None else None,
+                   ann_file=str(cache.ann_file), results=str(detections))
     return metrics
