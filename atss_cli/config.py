@@ -20,9 +20,13 @@ from atss_cli.errors import AtssError
 class TrainConfig:
     # --- data ---
     coco: str = ""                       # COCO root: annotations/, train2017/, val2017/
+    train_ann: str = ""                  # or any COCO-format JSON for training (instead of coco) ...
+    train_images: str = ""               # ... and the folder its file_name values are relative to
+    val_ann: str = ""                    # evaluated every eval_interval epochs ("" = none) ...
+    val_images: str = ""                 # ... with its image folder
     train_split: str = "train2017"       # image folder and annotation suffix used for training
     val_split: str = "val2017"           # split evaluated every eval_interval epochs ("" = none)
-    cache_dir: str = ""                  # where the annotation cache lives ("" = <coco>/.atss_cache)
+    cache_dir: str = ""                  # annotation cache root ("" = <coco>/.atss_cache, or beside each JSON)
     scale: tuple[int, int] = (1333, 800)  # keep-ratio resize: fit inside (long, short)
     flip_prob: float = 0.5               # horizontal flip probability in training
     workers: int = 2                     # data loader processes per training process
@@ -158,6 +162,26 @@ def validate(cfg: TrainConfig) -> None:
         raise AtssError(f"--from-scratch and {other} contradict each other: give one")
     if list(cfg.milestones) != sorted(cfg.milestones):
         raise AtssError(f"milestones must be increasing, got {cfg.milestones}")
+
+
+def check_data_flags(cfg: TrainConfig) -> None:
+    """One dataset form: --coco ROOT, or --train-ann FILE --train-images DIR (and optionally
+    --val-ann FILE --val-images DIR); each JSON with its folder."""
+    files = [(flag, getattr(cfg, name)) for flag, name in (
+        ("--train-ann", "train_ann"), ("--train-images", "train_images"),
+        ("--val-ann", "val_ann"), ("--val-images", "val_images"))]
+    given = [flag for flag, value in files if value]
+    if cfg.coco and given:
+        raise AtssError(f"give either --coco ROOT or --train-ann/--train-images/--val-ann/--val-images, "
+                        f"not both (got --coco and {given[0]})")
+    for ann, images in (("--train-ann", "--train-images"), ("--val-ann", "--val-images")):
+        if ann in given and images not in given:
+            raise AtssError(f"{ann} needs {images} DIR (the folder its file_name values are relative to)")
+        if images in given and ann not in given:
+            raise AtssError(f"{images} needs {ann} FILE (the COCO-format JSON of those images)")
+    if not cfg.coco and "--train-ann" not in given:
+        raise AtssError("give --coco ROOT, or --train-ann FILE --train-images DIR "
+                        "(and --val-ann FILE --val-images DIR to evaluate)")
 
 
 def to_json(cfg: TrainConfig) -> str:

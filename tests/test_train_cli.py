@@ -35,7 +35,7 @@ def atss(*args, timeout=300, **kwargs):
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    proc = atss("prepare", "--synthetic", root, "--train-images", 8, "--val-images", 4, "--seed", 3,
+    proc = atss("prepare", "--synthetic", root, "--num-train", 8, "--num-val", 4, "--seed", 3,
                 "--size", 128)
     assert proc.returncode == 0, proc.stderr
     return root
@@ -236,7 +236,7 @@ def test_missing_dataset_and_corrupt_checkpoint_are_one_line_errors(coco, tmp_pa
 
 def test_demo_runs_end_to_end_on_a_few_images(tmp_path):
     out = tmp_path / "demo"
-    proc = atss("demo", "--out", out, "--train-images", 16, "--val-images", 4, "--epochs", 1, "--no-bench")
+    proc = atss("demo", "--out", out, "--num-train", 16, "--num-val", 4, "--epochs", 1, "--no-bench")
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("demo: mAP@[.5:.95]=") and "(4 images," in last, proc.stdout

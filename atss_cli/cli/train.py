@@ -15,8 +15,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
 
 def train_command(
-    coco: Annotated[Path, typer.Option("--coco", help="COCO root (annotations/, train2017/, val2017/).",
-                                       exists=True, file_okay=False, resolve_path=True)],
+    coco: Annotated[Optional[Path], typer.Option("--coco", help="COCO root (annotations/, train2017/, val2017/).",
+                                                 exists=True, file_okay=False, resolve_path=True)] = None,
+    train_ann: Annotated[Optional[Path], typer.Option(
+        "--train-ann", help="Any COCO-format training JSON (instead of --coco); needs --train-images.",
+        resolve_path=True)] = None,
+    train_images: Annotated[Optional[Path], typer.Option(
+        "--train-images", help="Folder the --train-ann file_name values are relative to.", resolve_path=True)] = None,
+    val_ann: Annotated[Optional[Path], typer.Option(
+        "--val-ann", help="COCO-format JSON evaluated during training (same categories); needs --val-images.",
+        resolve_path=True)] = None,
+    val_images: Annotated[Optional[Path], typer.Option(
+        "--val-images", help="Folder the --val-ann file_name values are relative to.", resolve_path=True)] = None,
     work_dir: Annotated[Path, typer.Option("--work-dir", help="Checkpoints, logs and curves go here.")] = Path("work_dirs/atss"),
     gpus: Annotated[Optional[int], typer.Option("--gpus", min=1, help="CUDA processes on this node (NCCL).")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto, cpu or cuda.")] = Device.auto,
@@ -47,9 +57,13 @@ def train_command(
 ) -> None:
     """Train ATSS (default: R50-FPN, 1x schedule, total batch 16)."""
     from atss_cli.cli.reporting import ConsoleReporter
-    from atss_cli.config import TrainConfig, apply_overrides, to_json, validate
+    from atss_cli.config import TrainConfig, apply_overrides, check_data_flags, to_json, validate
 
-    flags = {"coco": str(coco), "work_dir": str(work_dir)}
+    flags = {"work_dir": str(work_dir)}
+    for name, path in (("coco", coco), ("train_ann", train_ann), ("train_images", train_images),
+                       ("val_ann", val_ann), ("val_images", val_images)):
+        if path is not None:
+            flags[name] = str(path)
     for name, value in (("batch_per_gpu", batch_per_gpu), ("accumulate", accumulate), ("epochs", epochs),
                         ("lr", lr), ("seed", seed), ("eval_interval", eval_interval)):
         if value is not None:
@@ -69,6 +83,8 @@ def train_command(
 
     cfg = apply_overrides(TrainConfig().replace(**flags), set_ or [])
     validate(cfg)
+    check_data_flags(cfg)
+    _check_files(cfg)
     work_dir.mkdir(parents=True, exist_ok=True)
 
     if procs == 1 and nnodes == 1:
@@ -87,6 +103,15 @@ def train_command(
     launch("atss_cli.cli.train_worker", args, nproc=procs, nnodes=nnodes, node_rank=node_rank,
            master_addr=master_addr, master_port=master_port)
     typer.echo(f"done: checkpoints and logs in {work_dir}")
+
+
+def _check_files(cfg) -> None:
+    """The JSONs and folders exist, before any model or process is started."""
+    from atss_cli.data.cache import check_ann
+
+    for ann, images in ((cfg.train_ann, cfg.train_images), (cfg.val_ann, cfg.val_images)):
+        if ann:
+            check_ann(Path(ann), Path(images))
 
 
 def _print_summary(summary: dict) -> None:

@@ -247,8 +247,8 @@ def _check_resumable(state: dict, cfg: TrainConfig, global_batch: int, latest: P
         raise AtssError(f"{latest} stopped inside an epoch with {state['global_batch']} images per step; this "
                         f"command has {global_batch} (processes x --batch-per-gpu): resume with the same "
                         "layout, or start from its weights with --load-from in another --work-dir")
-    ignore = {"work_dir", "coco", "cache_dir", "workers", "log_interval", "max_iters", "eval_interval",
-              "pretrained", "load_from", "from_scratch", "device"}
+    ignore = {"work_dir", "coco", "train_ann", "train_images", "val_ann", "val_images", "cache_dir", "workers",
+              "log_interval", "max_iters", "eval_interval", "pretrained", "load_from", "from_scratch", "device"}
     return sorted(k for k, v in saved.items() if k not in ignore and k in cfg.to_dict()
                   and _plain(v) != _plain(getattr(cfg, k)))
 
@@ -291,6 +291,76 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def load_from_line(path, report, num_classes: int) -> str:
+    """The one line `--load-from` says: what was taken from the file and what starts afresh."""
+    import re
+
+    line = f"weights from {path}: "
+    if report.skipped:
+        # "bbox_head.atss_cls.bias: file [80] vs model [7]": the bias length is the class count
+        # (one anchor per location).
+        counts = [re.search(r"bias: file \[(\d+)\]", s) for s in report.skipped]
+        old = next((m.group(1) for m in counts if m), "?")
+        line += f"all but bbox_head.atss_cls ({old} -> {num_classes} classes, freshly initialised)"
+    else:
+        line += f"all {report.loaded} tensors ({num_classes} classes)"
+    if report.unexpected:
+        line += f"; {len(report.unexpected)} extra entries ignored"
+    return line
+
+
+def _dataset_opener(cfg: TrainConfig, load_split):
+    """(open(which) -> CocoCache or None, name(which) -> str) for which in ("train", "val"):
+    the COCO root's splits, or the JSON/folder pairs of any COCO-format dataset."""
+    from atss_cli.data.cache import load_ann
+
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+    if cfg.coco:
+        splits = {"train": cfg.train_split, "val": cfg.val_split}
+        return (lambda which: load_split(Path(cfg.coco), splits[which], cache_dir) if splits[which] else None,
+                lambda which: splits[which])
+    files = {"train": (cfg.train_ann, cfg.train_images), "val": (cfg.val_ann, cfg.val_images)}
+    return (lambda which: load_ann(Path(files[which][0]), Path(files[which][1]), cache_dir)
+            if files[which][0] else None,
+            lambda which: files[which][0])
+
+
+def _open_datasets(cfg: TrainConfig, info, load_split):
+    """(train set, val set or None); rank 0 builds the annotation caches, the others open them
+    once they are there. The val set must have the train set's categories (same ids, names, order)."""
+    from atss_cli.config import check_data_flags
+
+    check_data_flags(cfg)
+    open_set, name = _dataset_opener(cfg, load_split)
+    sets = {}
+    for which in ("train", "val") if cfg.eval_interval else ("train",):
+        if info.is_main:
+            sets[which] = open_set(which)
+        distributed.barrier()
+        if not info.is_main:
+            sets[which] = open_set(which)
+    train_set, val_set = sets["train"], sets.get("val")
+    if val_set is not None and list(val_set.categories) != list(train_set.categories):
+        raise AtssError(f"{name('val')} and {name('train')} list different categories "
+                        f"({_category_diff(train_set.categories, val_set.categories)}); "
+                        "give both files the same categories list")
+    return train_set, val_set
+
+
+def _category_diff(train: list[dict], val: list[dict], labels=("train only", "val only")) -> str:
+    t = [(c["id"], c["name"]) for c in train]
+    v = [(c["id"], c["name"]) for c in val]
+    only_t, only_v = [x for x in t if x not in v], [x for x in v if x not in t]
+    if not only_t and not only_v:
+        return "same entries in another order"
+    parts = []
+    if only_t:
+        parts.append(f"{labels[0]}: " + ", ".join(f"{i} {n!r}" for i, n in only_t[:5]))
+    if only_v:
+        parts.append(f"{labels[1]}: " + ", ".join(f"{i} {n!r}" for i, n in only_v[:5]))
+    return "; ".join(parts)
+
+
 def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_atss, load_backbone, load_checkpoint):
     device = resolve_device(cfg.device, info.local_rank)
     work = Path(cfg.work_dir)
@@ -304,26 +374,11 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
     # Before any data is read: a run that needs ImageNet weights and has none stops at once.
     pretrained = None if resuming else pretrained_weights(cfg)
 
-    coco = Path(cfg.coco)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
-    # Rank 0 builds the annotation cache; the others open it once it is there.
-    if info.is_main:
-        train_set = load_split(coco, cfg.train_split, cache_dir)
-    distributed.barrier()
-    if not info.is_main:
-        train_set = load_split(coco, cfg.train_split, cache_dir)
-    val_set = None
-    if cfg.eval_interval and cfg.val_split:
-        if info.is_main:
-            val_set = load_split(coco, cfg.val_split, cache_dir)
-        distributed.barrier()
-        if not info.is_main:
-            val_set = load_split(coco, cfg.val_split, cache_dir)
-
+    train_set, val_set = _open_datasets(cfg, info, load_split)
     model = build_atss(num_classes=train_set.num_classes, **cfg.model_kwargs)
     if cfg.load_from:
         report = load_checkpoint(model, Path(cfg.load_from), skip_mismatched=True)
-        reporter.info(f"weights from {cfg.load_from}" + (f" ({report})" if report else ""))
+        reporter.info(load_from_line(cfg.load_from, report, train_set.num_classes))
     elif pretrained is not None:
         load_backbone(model, pretrained)
         reporter.info(f"backbone: ImageNet weights from {pretrained}")
@@ -343,7 +398,8 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
         max_corrupt=cfg.max_bad_images, pin_memory=device.type == "cuda")
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
-        raise AtssError(f"{cfg.train_split}: {len(train_set.train_indices())} usable training images, "
+        raise AtssError(f"{cfg.train_split if cfg.coco else cfg.train_ann}: {len(train_set.train_indices())} "
+                        "usable training images, "
                         f"fewer than one global batch of {cfg.batch_per_gpu * info.world_size}")
     accumulate = accumulation_steps(cfg.accumulate, base_batch=cfg.base_batch,
                                     batch_per_gpu=cfg.batch_per_gpu, world_size=info.world_size)
@@ -365,6 +421,11 @@ def _train(cfg, reporter, info, resume, build_train_loader, load_split, build_at
     if resuming:
         state = ckpt_io.load_resume(latest)
         changed = _check_resumable(state, cfg, global_batch, latest)
+        saved_categories = state.get("categories")
+        if saved_categories is not None and list(saved_categories) != list(train_set.categories):
+            diff = _category_diff(saved_categories, train_set.categories, ("run only", "data only"))
+            raise AtssError(f"{latest} is a run on other categories ({diff}); "
+                            "use another --work-dir, or --no-resume to start afresh (the old run is kept)")
         if changed:
             reporter.info(f"resuming with changed settings: {', '.join(changed)}")
         model.load_state_dict(state["state_dict"])
