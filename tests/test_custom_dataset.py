@@ -11,9 +11,6 @@ files, extra fields (segmentation, keypoints, attributes, track ids) and annotat
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,27 +19,12 @@ import pytest
 from atss_cli.data.cache import load_ann
 from atss_cli.data.coco import parse_coco
 from atss_cli.errors import AtssError
+from cli_run import assert_one_line_error, atss
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_IDS = [3, 9, 10, 11, 40, 41, 1000]
 CLASS_NAMES = ["cat", "dog", "bird", "fish", "horse", "sheep", "cow"]
 SIZE = (96, 64)  # w, h of every image
-
-
-def atss(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "ATSS_DEBUG"}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "atss_cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("warning:")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def snapshot(root: Path) -> dict:
@@ -219,7 +201,7 @@ def test_prepare_files_layout_with_out_writes_nothing_into_the_dataset(dataset, 
         pic = read_image(Path(f))[:, :, ::-1]   # RGB
         assert pic.shape[:2] == (SIZE[1], SIZE[0])
         box, label = cache.boxes(i)[1], int(cache.labels(i)[1])
-        x1, y1 = int(box[0]), int(box[1])
+        x1 = int(box[0])
         # The outline's bottom-left corner: the caption sits at the top, the fill is another shade.
         assert tuple(pic[int(box[3]) - 1, x1]) == class_color(label)
     # Again: nothing rebuilt, nothing written into the dataset.

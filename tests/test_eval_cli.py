@@ -9,35 +9,17 @@ through the real loader and `evaluate` scores AP 1.0; bad flags and files are on
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from atss_cli.engine.evaluate import METRIC_NAMES
+from cli_run import assert_one_line_error, atss
 
 ROOT = Path(__file__).resolve().parents[1]
 # head_channels 64: GroupNorm(32) needs 2+ values per group on the 1x1 P7 map of a 128 px image.
 TINY_CONFIG = {"depth": 18, "fpn_channels": 32, "head_channels": 64, "stacked_convs": 1, "scale": [128, 128]}
-
-
-def atss(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "ATSS_DEBUG"}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "atss_cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("warning:")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from atss_cli.config import TrainConfig, validate
 from atss_cli.engine.train import find_pretrained, pretrained_weights
 from atss_cli.errors import AtssError
 from atss_cli.model import build_atss_preset, load_backbone
-from atss_cli.model import checkpoint as ckpt
 from atss_cli.model.checkpoint import TORCHVISION_RESNET_FILES, check_imagenet_file, sha256_prefix
 
 ROOT = Path(__file__).resolve().parents[1]

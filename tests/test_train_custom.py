@@ -9,13 +9,13 @@ in one line what it took, and bad flag combinations are one-line errors.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+import cli_run
+from cli_run import atss
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = [{"id": 1000, "name": "kettle"}, {"id": 3, "name": "lamp"}, {"id": 9, "name": "mug"}]
@@ -24,17 +24,8 @@ TINY = ["--set", "depth=18", "--set", "fpn_channels=32", "--set", "head_channels
         "--set", "warmup_iters=2", "--set", "log_interval=1", "--device", "cpu"]
 
 
-def atss(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "ATSS_DEBUG"}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "atss_cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def assert_one_line_error(proc, needle):
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("warning:")]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    cli_run.assert_one_line_error(proc, needle, code=2)
 
 
 def write_split(root: Path, split: str, n: int, categories=CATEGORIES) -> Path:
