@@ -293,14 +293,9 @@ def _raise_interrupt(signum, frame):
 
 def load_from_line(path, report, num_classes: int) -> str:
     """The one line `--load-from` says: what was taken from the file and what starts afresh."""
-    import re
-
     line = f"weights from {path}: "
     if report.skipped:
-        # "bbox_head.atss_cls.bias: file [80] vs model [7]": the bias length is the class count
-        # (one anchor per location).
-        counts = [re.search(r"bias: file \[(\d+)\]", s) for s in report.skipped]
-        old = next((m.group(1) for m in counts if m), "?")
+        old = report.file_classes if report.file_classes is not None else "?"
         line += f"all but bbox_head.atss_cls ({old} -> {num_classes} classes, freshly initialised)"
     else:
         line += f"all {report.loaded} tensors ({num_classes} classes)"

@@ -46,6 +46,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)   # file entries the model does not have
     skipped: list[str] = field(default_factory=list)      # "key: file [..] vs model [..]" (skip_mismatched)
     defaulted: list[str] = field(default_factory=list)    # absent BN counters kept at their value
+    file_classes: int | None = None                       # the file's class count when its classifier was skipped
     placeholder_meta: bool = False                        # the file needed the restricted unpickler
 
     def __bool__(self) -> bool:
@@ -218,6 +219,8 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], report: LoadRe
             text = f"{k}: file {list(src.shape)} vs model {list(target.shape)}"
             if skip_prefix is not None and k.startswith(skip_prefix):
                 report.skipped.append(text)
+                if k.endswith(".bias"):  # one anchor per location: the bias length is the class count
+                    report.file_classes = int(src.shape[0])
                 continue
             mismatched.append(text)
             continue
