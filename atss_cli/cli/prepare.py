@@ -40,6 +40,11 @@ def run_prepare(coco: Path, splits: list[str] | None = None, out: Path | None = 
         check_split(coco, split)  # before any work: a missing piece stops with one line
         present.append(split)
     if not present:
+        from atss_cli.data.layouts import recognise
+
+        layout = recognise(coco)
+        if layout is not None:
+            raise AtssError(f"no COCO 2017 layout in {coco}: {layout.hint()}")
         raise AtssError(f"no split of {', '.join(names)} in {coco}: expected annotations/instances_<split>.json "
                         "(pass --splits to name others)")
     reports = []

@@ -269,6 +269,13 @@ def _writable(path: Path) -> bool:
     return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
 
 
+def _export_hint(root: Path) -> str:
+    from atss_cli.data.layouts import recognise
+
+    layout = recognise(root)
+    return f"; {layout.hint()}" if layout else ""
+
+
 def check_split(coco_root: Path, split: str) -> tuple[Path, Path]:
     """(annotation file, image folder) of `split`, or AtssError naming what is missing."""
     root = Path(coco_root)
@@ -278,9 +285,9 @@ def check_split(coco_root: Path, split: str) -> tuple[Path, Path]:
         raise AtssError(f"not a folder: {root} (pass the COCO root, holding annotations/ and the image folders)")
     ann = ann_file_for(root, split)
     if not ann.parent.is_dir():
-        raise AtssError(f"no annotations/ folder in {root} (expected {ann})")
+        raise AtssError(f"no annotations/ folder in {root} (expected {ann}){_export_hint(root)}")
     if not ann.is_file():
-        raise AtssError(f"split {split!r} not found: no annotation file {ann}")
+        raise AtssError(f"split {split!r} not found: no annotation file {ann}{_export_hint(root)}")
     image_dir = root / split
     if not image_dir.is_dir():
         raise AtssError(f"split {split!r}: image folder not found: {image_dir}")
