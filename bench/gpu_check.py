@@ -26,8 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-MMDET_S_PER_ITER = 0.476  # MMDetection's ATSS R50-FPN 1x: 8 x V100, 2 images per GPU (its model zoo)
-MMDET_IMAGES_PER_S_PER_GPU = 2 / MMDET_S_PER_ITER
 TARGET_US = 50.0
 TARGET_SPEEDUP = 100.0
 TARGET_CASE = {"batch": 16, "num_gt": 100}
@@ -227,7 +225,8 @@ def assigner_summary(result: dict | None) -> dict | None:
 
 
 def model_summary(results: list[tuple[str, dict]]) -> list[dict]:
-    """Train-step and predict rows with images/s, beside MMDetection's per-GPU figure."""
+    """Train-step and predict rows with images/s. No peer's figure stands beside them: a comparison
+    is only made side by side, on one machine in one run (bench/side_by_side.py)."""
     out = []
     for name, res in results:
         for r in res.get("rows", []):
@@ -235,8 +234,6 @@ def model_summary(results: list[tuple[str, dict]]) -> list[dict]:
                    "depth": r["depth"], "amp": r["amp"], "channels_last": r["channels_last"],
                    "median_s": r["median_s"], "iqr_pct": r["iqr_pct"], "images_per_s": r["images_per_s"],
                    "peak_gb": r.get("peak_gb")}
-            if r["mode"] == "train":
-                row["vs_mmdet_v100"] = r["images_per_s"] / MMDET_IMAGES_PER_S_PER_GPU
             out.append(row)
     return out
 
@@ -254,8 +251,6 @@ def build(work: Path, out: Path) -> dict:
             "environment": env, "atss_env": atss_env, "steps": steps,
             "assigner_target": assigner_summary(assigner),
             "model": model_summary(models),
-            "mmdet_reference": {"s_per_iter": MMDET_S_PER_ITER, "gpus": "8 x V100", "images_per_gpu": 2,
-                                "images_per_s_per_gpu": round(MMDET_IMAGES_PER_S_PER_GPU, 2)},
             "assigner": assigner}
 
 
@@ -333,17 +328,14 @@ def markdown(s: dict, out: Path) -> str:
     md_files = sorted(glob.glob(str(out / "assigner_*.md")))
     if md_files:
         lines += ["", "### All cases", "", Path(md_files[0]).read_text().strip()]
-    lines += ["", "## Model: R50-FPN ATSS", "",
-              f"MMDetection's published ATSS R50-FPN 1x: {MMDET_S_PER_ITER} s/iter on 8 x V100 with 2 images per "
-              f"GPU = {MMDET_IMAGES_PER_S_PER_GPU:.1f} images/s per V100 (fp32).", ""]
+    lines += ["", "## Model: R50-FPN ATSS", ""]
     if s["model"]:
-        lines += ["| run | device | mode | size | batch | model | median s | IQR | images/s | vs MMDet per GPU "
-                  "| peak GB |", "| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["| run | device | mode | size | batch | model | median s | IQR | images/s | peak GB |",
+                  "| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
         for r in s["model"]:
             model = f"R{r['depth']} {'fp32' if r['amp'] == 'none' else r['amp']}" + (" NHWC" if r["channels_last"] else "")
-            vs = f"{r['vs_mmdet_v100']:.2f}x" if r.get("vs_mmdet_v100") is not None else "-"
             lines.append(f"| {r['run']} | {r['device']} | {r['mode']} | {r['size']} | {r['batch']} | {model} | "
-                         f"{r['median_s']:.4f} | {r['iqr_pct']:.0f}% | {r['images_per_s']:.1f} | {vs} | "
+                         f"{r['median_s']:.4f} | {r['iqr_pct']:.0f}% | {r['images_per_s']:.1f} | "
                          f"{_fmt(r.get('peak_gb'))} |")
     else:
         lines.append("Not measured.")
