@@ -11,7 +11,7 @@ export ATSS_REQUIRE_EXTENSION ?= 1
 export MAX_JOBS ?= 2
 
 TORCH_PKGS := torch==2.14.1 torchvision==0.29.1
-DEPS := ninja pybind11 typer rich pycocotools faster-coco-eval numpy opencv-python-headless pillow matplotlib pytest
+DEPS := ninja pybind11 typer rich pycocotools faster-coco-eval numpy opencv-python-headless pillow matplotlib pytest onnx onnxruntime onnxscript
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
 .PHONY: install test demo bench clean
@@ -29,12 +29,22 @@ $(VENV)/.ext: $(VENV)/.deps setup.py atss_cli/build_flags.py $(CSRC)
 	$(PY) -c "from atss_cli.ops import extension; print(extension.describe())"
 	touch $@
 
+# `make demo` on a machine without a GPU builds the CPU kernels only: the demo runs on the CPU,
+# and compiling the CUDA kernels is most of the set-up time. `make install` and `make test` build both.
+$(VENV)/.ext-cpu: $(VENV)/.deps setup.py atss_cli/build_flags.py $(CSRC)
+	rm -f $(VENV)/.ext
+	ATSS_NO_CUDA=1 $(PIP) install -q --no-build-isolation --no-deps -e .
+	$(PY) -c "from atss_cli.ops import extension; print(extension.describe())"
+	touch $@
+
 install: $(VENV)/.ext
 
 test: install
 	$(PY) -m pytest -q tests
 
-demo: install
+demo: $(VENV)/.deps
+	@if [ -f $(VENV)/.ext ] || nvidia-smi -L >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory install; else $(MAKE) --no-print-directory $(VENV)/.ext-cpu; fi
 	$(VENV)/bin/atss demo
 
 bench: install

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["env", "prepare", "train", "eval", "predict", "demo", "bench assigner", "bench model"]
+COMMANDS = ["env", "prepare", "train", "eval", "predict", "export", "demo", "bench assigner", "bench model"]
 
 
 def run(*args):

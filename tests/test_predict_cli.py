@@ -125,3 +125,28 @@ def test_checkpoint_info_reads_our_config_and_mmdetection_meta(tmp_path):
     assert parse_scale(None) is None
     with pytest.raises(AtssError):
         parse_scale("1333")
+
+
+def test_ann_json_names_the_classes(tiny, tmp_path):  # noqa: F811
+    """--ann FILE: any COCO-format JSON names the classes, in its id order (as training labels them)."""
+    coco, ckpt = tiny
+    cats = json.loads((coco / "annotations" / "instances_val2017.json").read_text())["categories"]
+    renamed = [{"id": c["id"], "name": f"thing {c['id']}"} for c in reversed(cats)]
+    ann = tmp_path / "custom.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "x.jpg", "width": 8, "height": 8}],
+                               "annotations": [], "categories": renamed}))
+    img = sorted((coco / "val2017").iterdir())[0]
+    proc = atss("predict", "--checkpoint", ckpt, img, "--out", tmp_path / "out", "--device", "cpu",
+                "--score-thr", "0.2", "--ann", ann)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "detections.json").read_text())
+    expected = [f"thing {c['id']}" for c in sorted(cats, key=lambda c: c["id"])]
+    assert summary["class_names"] == expected
+    assert all(d["name"] == expected[d["label"]] for d in summary["images"][0]["detections"])
+    assert class_names_for(len(cats), ann=ann) == expected
+    proc = atss("predict", "--checkpoint", ckpt, img, "--out", tmp_path / "o2", "--ann", ann, "--coco", coco)
+    assert_one_line_error(proc, "--ann")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    proc = atss("predict", "--checkpoint", ckpt, img, "--out", tmp_path / "o3", "--ann", broken)
+    assert_one_line_error(proc, "broken.json")

@@ -4,7 +4,13 @@ AMP mode and memory format. Returns rows; the CLI prints them.
 
 Each case is timed `repeats` times after `warmup` untimed runs (CUDA synchronised around each
 run); a row gives the median seconds per call, the spread (min, max, and the interquartile range
-relative to the median) and images/s = batch / median.
+relative to the median), seconds per image = median / batch and images/s = batch / median.
+
+Backends: "torch" (the PyTorch model, every mode) and "onnxruntime" (predict only: the `atss
+export` graph on ONNX Runtime's CPU provider, from `onnx=FILE` or exported on the fly from the
+same model the torch rows time). Both predict rows time the same work: the padded batch in, final
+detections out (the resize before it is outside both); the ONNX graph also normalises its uint8
+input, which the PyTorch row gets already normalised.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Sequence
 from atss_cli.benchmarks import cpu_name
 
 MODES = ("forward", "train", "predict")
+BACKENDS = ("torch", "onnxruntime")
 DEFAULT_SIZES = ((1333, 800), (640, 480))  # (w, h) before padding
 
 
@@ -43,6 +50,8 @@ class ModelBenchRow:
     #                        median_s means the CPU was not shared with other work
     detections: float | None = None  # mean detections per image (predict)
     peak_gb: float | None = None  # CUDA: the caching allocator's peak during the timed calls
+    backend: str = "torch"  # torch | onnxruntime
+    s_per_image: float = 0.0  # median_s / batch
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -136,7 +145,8 @@ def bench_model(*, devices: Sequence[str] = ("cpu",), sizes: Sequence[tuple[int,
                 modes: Sequence[str] = MODES, batch: int = 2, depth: int = 50, preset: str | None = None,
                 amp: str | None = None, channels_last: bool = False, repeats: int = 5, warmup: int = 1,
                 threads: int | None = None, num_classes: int = 80, checkpoint: str | None = None,
-                dense_scores: bool = False, progress=None) -> list[ModelBenchRow]:
+                dense_scores: bool = False, progress=None, backends: Sequence[str] = ("torch",),
+                onnx: str | None = None) -> list[ModelBenchRow]:
     """Time the detector; one row per (device, size, mode).
 
     Args:
@@ -154,6 +164,9 @@ def bench_model(*, devices: Sequence[str] = ("cpu",), sizes: Sequence[tuple[int,
         dense_scores: set the class bias so every (anchor, class) pair passes the 0.05 score
             threshold: post-processing at its worst (1000 candidates per level, NMS over 5000).
         progress: called with a message before each case.
+        backends: "torch" and/or "onnxruntime" (predict rows only; on the CPU).
+        onnx: an `atss export` file for the onnxruntime rows (default: the model above, exported
+            in memory).
     """
     import torch
 
@@ -168,9 +181,23 @@ def bench_model(*, devices: Sequence[str] = ("cpu",), sizes: Sequence[tuple[int,
     amp = None if amp == "none" else amp
     if batch < 1 or repeats < 1 or warmup < 0:
         raise AtssError(f"batch and repeats must be >= 1 and warmup >= 0, got {batch}, {repeats}, {warmup}")
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise AtssError(f"unknown backend {bad[0]!r}; choose from {', '.join(BACKENDS)}")
+    if "onnxruntime" in backends and "predict" not in modes:
+        raise AtssError("--backend onnxruntime times predict only; add --mode predict")
+    if onnx is not None and "onnxruntime" not in backends:
+        raise AtssError("--onnx is for --backend onnxruntime")
     if threads is not None:
         torch.set_num_threads(threads)
     rows: list[ModelBenchRow] = []
+    if "onnxruntime" in backends:
+        rows += bench_onnxruntime(sizes=sizes, batch=batch, depth=depth, preset=preset, repeats=repeats,
+                                  warmup=warmup, threads=threads or torch.get_num_threads(),
+                                  num_classes=num_classes, checkpoint=checkpoint, dense_scores=dense_scores,
+                                  onnx=onnx, progress=progress)
+    if "torch" not in backends:
+        return rows
     for device in devices:
         dev = torch.device(device)
         torch.manual_seed(0)
@@ -235,7 +262,95 @@ def bench_model(*, devices: Sequence[str] = ("cpu",), sizes: Sequence[tuple[int,
                     threads=torch.get_num_threads(), repeats=repeats, median_s=med, min_s=min(times),
                     max_s=max(times), iqr_pct=100 * (q[2] - q[0]) / med if med > 0 else 0.0,
                     images_per_s=batch / med if med > 0 else float("inf"), cpu_s=statistics.median(cpu),
+                    s_per_image=med / batch,
                     detections=(sum(detections) / len(detections)) if detections else None,
                     peak_gb=torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None))
         del model, optimizer
+    return rows
+
+
+def _build_model(depth: int, preset: str | None, num_classes: int, checkpoint: str | None, dense_scores: bool):
+    import torch
+
+    from atss_cli.model import build_atss, build_atss_preset, load_checkpoint
+
+    torch.manual_seed(0)
+    model = build_atss_preset(preset, num_classes) if preset else build_atss(num_classes=num_classes, depth=depth)
+    if checkpoint:
+        load_checkpoint(model, checkpoint, skip_mismatched=True)
+    if dense_scores:
+        with torch.no_grad():
+            model.bbox_head.atss_cls.bias.fill_(2.0)
+    return model.eval()
+
+
+def onnx_session(path_or_bytes, threads: int):
+    """An ONNX Runtime CPU session as `atss predict --onnx` makes one (atss_cli.export.runtime),
+    with `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    source = str(path_or_bytes) if not isinstance(path_or_bytes, bytes) else path_or_bytes
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def bench_onnxruntime(*, sizes, batch: int, depth: int, preset: str | None, repeats: int, warmup: int,
+                      threads: int, num_classes: int = 80, checkpoint: str | None = None,
+                      dense_scores: bool = False, onnx: str | None = None, progress=None) -> list[ModelBenchRow]:
+    """Predict rows on ONNX Runtime (CPU): the `atss export` graph on a uint8 padded batch."""
+    import numpy as np
+
+    from atss_cli.errors import AtssError
+    from atss_cli.export.runtime import read_metadata
+
+    if onnx is not None:
+        try:
+            session = onnx_session(onnx, threads)
+        except Exception as exc:  # noqa: BLE001 - ORT's own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AtssError(f"--onnx {onnx}: ONNX Runtime cannot load it: {first}") from None
+        meta = read_metadata(session)
+        model_depth = int((meta.get("model") or {}).get("depth", 50))
+    else:
+        from atss_cli.export.onnx_export import build_onnx, export_metadata
+
+        model = _build_model(depth, preset, num_classes, checkpoint, dense_scores)
+        names = [f"class {i}" for i in range(num_classes)]
+        meta = export_metadata(model, categories=[{"id": i, "name": n} for i, n in enumerate(names)],
+                               scale=(1333, 800), source="bench", model_fields={"depth": model.backbone.depth})
+        if progress is not None:
+            progress(f"exporting R{model.backbone.depth} to ONNX")
+        session = onnx_session(build_onnx(model, metadata=meta).SerializeToString(), threads)
+        model_depth = model.backbone.depth
+        del model
+    rows = []
+    rng = np.random.default_rng(0)
+    for w, h in sizes:
+        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+        images = np.zeros((batch, 3, ph, pw), dtype=np.uint8)
+        images[:, :, :h, :w] = rng.integers(0, 256, (batch, 3, h, w), dtype=np.uint8)
+        feeds = {"images": images, "img_shape": np.tile(np.asarray([[h, w]], np.int64), (batch, 1)),
+                 "scale_factor": np.ones((batch, 2), np.float32)}
+        detections: list[int] = []
+
+        def predict():
+            num = session.run(["num_detections"], feeds)[0]
+            detections.extend(int(n) for n in num)
+
+        if progress is not None:
+            progress(f"onnxruntime predict {w}x{h} x{batch}")
+        times, cpu = _timed(predict, repeats, warmup, lambda: None)
+        med = statistics.median(times)
+        q = statistics.quantiles(times, n=4) if len(times) >= 2 else [med, med, med]
+        rows.append(ModelBenchRow(
+            device="cpu", mode="predict", size=f"{w}x{h}", padded=f"{pw}x{ph}", batch=batch, depth=model_depth,
+            amp="none", channels_last=False, threads=threads, repeats=repeats, median_s=med, min_s=min(times),
+            max_s=max(times), iqr_pct=100 * (q[2] - q[0]) / med if med > 0 else 0.0,
+            images_per_s=batch / med if med > 0 else float("inf"), cpu_s=statistics.median(cpu),
+            detections=(sum(detections) / len(detections)) if detections else None,
+            backend="onnxruntime", s_per_image=med / batch))
     return rows

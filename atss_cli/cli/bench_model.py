@@ -12,6 +12,11 @@ import typer
 from atss_cli.cli.common import Amp, Device, JsonOut, console
 
 
+class Backend(str, enum.Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
 class Mode(str, enum.Enum):
     forward = "forward"
     train = "train"
@@ -41,14 +46,21 @@ def bench_model_command(
         "--checkpoint", exists=True, dir_okay=False, help="Load these weights (default: random init).")] = None,
     dense_scores: Annotated[bool, typer.Option(
         "--dense-scores", help="Every score above the threshold: post-processing at its worst.")] = False,
+    backend: Annotated[Optional[list[Backend]], typer.Option(
+        "--backend", help="torch and/or onnxruntime (predict rows, CPU); repeat for both (default torch).")] = None,
+    onnx: Annotated[Optional[Path], typer.Option(
+        "--onnx", exists=True, dir_okay=False,
+        help="--backend onnxruntime: time this `atss export` file (default: the --depth/--preset model, "
+             "exported in memory).")] = None,
     json_out: JsonOut = None,
 ) -> None:
     """Time the ATSS detector: median seconds per call, spread and images/s."""
     from atss_cli.benchmarks import model as bench
 
     sizes = [bench.parse_size(s) for s in size] if size else list(bench.DEFAULT_SIZES)
-    modes = [m.value for m in mode] if mode else list(bench.MODES)
-    devices = bench.resolve_devices(device.value)
+    backends = [b.value for b in backend] if backend else ["torch"]
+    modes = [m.value for m in mode] if mode else (list(bench.MODES) if "torch" in backends else ["predict"])
+    devices = bench.resolve_devices(device.value) if "torch" in backends else ["cpu"]
     out = console()
     if not out.is_terminal:
         out.width = max(out.width, 132)  # logs and pipes: keep the table on one line per row
@@ -56,6 +68,7 @@ def bench_model_command(
         devices=devices, sizes=sizes, modes=modes, batch=batch, depth=depth, preset=preset,
         amp=amp.value, channels_last=channels_last, repeats=repeats, warmup=warmup, threads=threads,
         checkpoint=str(checkpoint) if checkpoint else None, dense_scores=dense_scores,
+        backends=backends, onnx=str(onnx) if onnx else None,
         progress=lambda msg: out.print(f"[dim]timing {msg}[/dim]") if out.is_terminal else None)
     env = bench.environment(devices)
     print_rows(out, rows, env)
@@ -76,14 +89,15 @@ def print_rows(out, rows, env: dict) -> None:
     table = Table(title="atss bench model (seconds per call; spread = min..max and IQR/median; "
                         "CPU s = process CPU time per call, all threads)",
                   title_justify="left")
-    for name in ("device", "mode", "size (padded)", "B", "model", "median s", "min..max s", "IQR", "img/s",
-                 "CPU s", "dets", "peak GB"):
-        table.add_column(name, justify="left" if name in ("device", "mode", "size (padded)", "model") else "right",
-                         no_wrap=True)
+    for name in ("device", "backend", "mode", "size (padded)", "B", "model", "median s", "min..max s", "IQR",
+                 "s/img", "img/s", "CPU s", "dets", "peak GB"):
+        table.add_column(name, justify="left" if name in ("device", "backend", "mode", "size (padded)", "model")
+                         else "right", no_wrap=True)
     for r in rows:
         variant = f"R{r.depth} {'fp32' if r.amp == 'none' else r.amp}" + (" NHWC" if r.channels_last else "")
-        table.add_row(r.device, r.mode, f"{r.size} ({r.padded})", str(r.batch), variant, f"{r.median_s:.3f}",
-                      f"{r.min_s:.3f}..{r.max_s:.3f}", f"{r.iqr_pct:.0f}%", f"{r.images_per_s:.2f}", f"{r.cpu_s:.2f}",
+        table.add_row(r.device, r.backend, r.mode, f"{r.size} ({r.padded})", str(r.batch), variant,
+                      f"{r.median_s:.3f}", f"{r.min_s:.3f}..{r.max_s:.3f}", f"{r.iqr_pct:.0f}%",
+                      f"{r.s_per_image:.3f}", f"{r.images_per_s:.2f}", f"{r.cpu_s:.2f}",
                       "" if r.detections is None else f"{r.detections:.0f}",
                       "" if r.peak_gb is None else f"{r.peak_gb:.1f}")
     out.print(table)

@@ -17,16 +17,23 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
 def predict_command(
     images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, ...).", show_default=False)],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Our checkpoint or MMDetection's ATSS one.",
-                                             exists=True, dir_okay=False, resolve_path=True)],
     out: Annotated[Path, typer.Option("--out", help="Folder for the drawn pictures and detections.json.",
                                       file_okay=False)],
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        "--checkpoint", help="Our checkpoint or MMDetection's ATSS one.", exists=True, dir_okay=False,
+        resolve_path=True)] = None,
+    onnx: Annotated[Optional[Path], typer.Option(
+        "--onnx", help="An `atss export` file, run with ONNX Runtime on the CPU (instead of --checkpoint).",
+        exists=True, dir_okay=False, resolve_path=True)] = None,
     score_thr: Annotated[float, typer.Option("--score-thr", min=0.0, max=1.0,
                                              help="Keep detections scoring at least this.")] = 0.3,
     coco: Annotated[Optional[Path], typer.Option(
         "--coco", exists=True, file_okay=False, resolve_path=True,
         help="Take class names from this COCO root's --split (default: the checkpoint's, else COCO's 80).")] = None,
     split: Annotated[str, typer.Option("--split", help="Split whose categories name the classes.")] = "val2017",
+    ann: Annotated[Optional[Path], typer.Option(
+        "--ann", exists=True, dir_okay=False, resolve_path=True,
+        help="Take class names from this COCO-format JSON (instead of --coco).")] = None,
     depth: Depth = None,
     fpn_channels: FpnChannels = None,
     head_channels: HeadChannels = None,
@@ -34,12 +41,16 @@ def predict_command(
     device: Annotated[Device, typer.Option("--device", help="auto, cpu or cuda.")] = Device.auto,
     scale: Annotated[Optional[str], typer.Option("--scale", help="Test resize LONG,SHORT (default: checkpoint "
                                                                  "config, else 1333,800).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1,
+                                                   help="--onnx: ONNX Runtime threads (default: all cores).")] = None,
 ) -> None:
     """Detect objects in images; write the pictures with boxes and a detections JSON."""
     from atss_cli.engine.inference import parse_scale
     from atss_cli.engine.predict import predict_checkpoint
 
     scale_wh = parse_scale(scale)
+    if (checkpoint is None) == (onnx is None):
+        fail("give either --checkpoint CKPT or --onnx FILE")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; give a folder")
 
@@ -51,8 +62,8 @@ def predict_command(
         typer.echo(f"{record['file']}: {len(record['detections'])} detections -> {record['output']}")
 
     summary = predict_checkpoint(
-        checkpoint, images, out, coco=coco, split=split, device=device.value, scale=scale_wh,
-        score_thr=score_thr, on_skip=on_skip, on_image=on_image,
+        checkpoint, images, out, coco=coco, split=split, ann=ann, onnx=onnx, device=device.value, scale=scale_wh,
+        score_thr=score_thr, threads=threads, on_skip=on_skip, on_image=on_image,
         model_overrides={"depth": depth, "fpn_channels": fpn_channels, "head_channels": head_channels,
                          "stacked_convs": stacked_convs})
     n_ok, n_skip = len(summary["images"]), len(summary["skipped"])

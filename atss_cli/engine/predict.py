@@ -1,16 +1,17 @@
 """Detections on image files: boxes drawn into copies of the pictures, and a JSON of them all.
 
-    predict_files(model, paths, *, device, out_dir, class_names=None, scale=(1333, 800),
-                  score_thr=0.3, amp=None, on_skip=None, on_image=None,
+    predict_files(detector_or_model, paths, *, device="cpu", out_dir, class_names=None,
+                  scale=(1333, 800), score_thr=0.3, amp=None, on_skip=None, on_image=None,
                   detections_name="detections.json") -> dict
-        For each path: decode (atss_cli.data.transforms.read_image: OpenCV, EXIF orientation
-        applied, as MMDetection), the test pipeline of evaluation (transforms.test_input:
-        keep-ratio resize, normalise, pad to 32), `model.predict`, keep scores >= `score_thr`, draw boxes,
-        class names and scores (torchvision.utils.draw_bounding_boxes), write
-        `out_dir/<stem>.png|.jpg` (JPEG in, JPEG out; anything else PNG; a repeated stem gets
-        `_1`, `_2`, ...). A missing or undecodable file is skipped: `on_skip(path, reason)` is
-        called and it is listed under "skipped". Returns (and writes atomically to
-        `out_dir/detections_name`):
+        `detector_or_model`: an atss_cli.Detector (atss_cli/api.py; PyTorch or ONNX Runtime), or
+        a model with ATSS's `predict`, wrapped in a Detector with `device`, `class_names`,
+        `scale`, `amp`. For each path: decode (atss_cli.data.transforms.read_image: OpenCV, EXIF
+        orientation applied, as MMDetection), the Detector (the test pipeline: keep-ratio resize,
+        normalise, pad to 32; predict; keep scores >= `score_thr`), draw boxes, class names and
+        scores (torchvision.utils.draw_bounding_boxes), write `out_dir/<stem>.png|.jpg` (JPEG in,
+        JPEG out; anything else PNG; a repeated stem gets `_1`, `_2`, ...). A missing or
+        undecodable file is skipped: `on_skip(path, reason)` is called and it is listed under
+        "skipped". Returns (and writes atomically to `out_dir/detections_name`):
             {"score_thr", "scale", "class_names",
              "images": [{"file", "output", "width", "height",
                          "detections": [{"box": [x1, y1, x2, y2], "score", "label", "name"}]}],
@@ -20,16 +21,22 @@
         "width" and "height" are that image's.
         `on_image(record)` is called after each written picture (for progress).
 
-    predict_checkpoint(checkpoint, images, out_dir, *, coco=None, split="val2017", device="auto",
-                       scale=None, score_thr=0.3, model_overrides=None, amp=None, on_skip=None,
-                       on_image=None) -> dict
-        `atss predict` as a function: model from the checkpoint (see
-        atss_cli.engine.inference), names from `class_names_for`, then `predict_files`.
+    make_detector(checkpoint=None, *, onnx=None, coco=None, split="val2017", ann=None,
+                  device="auto", scale=None, model_overrides=None, amp=None, threads=None)
+        The Detector of `atss predict`: a checkpoint (ours or MMDetection's) on PyTorch, or an
+        `atss export` file on ONNX Runtime, with class names from `class_names_for`.
 
-    class_names_for(num_classes, *, coco_root=None, split="val2017", checkpoint_names=None)
-        -> list[str]   names in label order: the dataset's categories (sorted by id, as the
-        data pipeline labels them), else the checkpoint's, else COCO's 80 when the class count
-        is 80, else "class N".
+    predict_checkpoint(checkpoint, images, out_dir, *, coco=None, split="val2017", ann=None,
+                       onnx=None, device="auto", scale=None, score_thr=0.3, model_overrides=None,
+                       amp=None, threads=None, on_skip=None, on_image=None) -> dict
+        `atss predict` as a function: `make_detector`, then `predict_files`.
+
+    class_names_for(num_classes, *, coco_root=None, split="val2017", checkpoint_names=None,
+                    ann=None, stored_names=None) -> list[str]
+        names in label order: a COCO-format JSON's categories (`ann`) or the dataset's
+        (`coco_root`), sorted by id as the data pipeline labels them, else the model file's
+        (`stored_names`, `checkpoint_names`), else COCO's 80 when the class count is 80, else
+        "class N".
 """
 
 from __future__ import annotations
@@ -44,20 +51,38 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 def class_names_for(num_classes: int, *, coco_root: str | Path | None = None, split: str = "val2017",
-                    checkpoint_names: Sequence[str] | None = None) -> list[str]:
-    if coco_root is not None:
-        from atss_cli.data import load_split
+                    checkpoint_names: Sequence[str] | None = None, ann: str | Path | None = None,
+                    stored_names: Sequence[str] | None = None) -> list[str]:
+    if coco_root is not None or ann is not None:
+        cats = ann_categories(ann) if ann is not None else None
+        if cats is None:
+            from atss_cli.data import load_split
 
-        names = [str(c["name"]) for c in load_split(Path(coco_root), split).categories]
+            cats = load_split(Path(coco_root), split).categories
+        names = [str(c["name"]) for c in cats]
         if len(names) != num_classes:
-            raise AtssError(f"--coco {coco_root}: {len(names)} categories but the checkpoint predicts "
-                            f"{num_classes} classes")
+            source = f"--ann {ann}" if ann is not None else f"--coco {coco_root}"
+            raise AtssError(f"{source}: {len(names)} categories but the model predicts {num_classes} classes")
         return names
-    if checkpoint_names is not None and len(checkpoint_names) == num_classes:
-        return [str(n) for n in checkpoint_names]
+    for given in (stored_names, checkpoint_names):
+        if given is not None and len(given) == num_classes:
+            return [str(n) for n in given]
     if num_classes == 80:
         return [c["name"] for c in load_coco_categories()]
     return [f"class {i}" for i in range(num_classes)]
+
+
+def ann_categories(path: str | Path) -> list[dict]:
+    """The categories of a COCO-format JSON in label order ([{"id", "name"}]), as training maps
+    them (sorted by id; supercategory-only entries dropped)."""
+    from atss_cli.data.coco import load_json, parse_coco
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AtssError(f"--ann {path}: {exc.strerror or exc}") from None
+    return parse_coco(path, load_json(path, data)).categories
 
 
 def _output_path(out_dir: Path, src: Path, taken: set[str]) -> Path:
@@ -85,96 +110,110 @@ def _write_image(image, path: Path) -> None:
     atomic_write_bytes(path, data.tobytes())
 
 
-def predict_files(model, paths: Sequence[str | Path], *, device, out_dir: str | Path,
+def predict_files(model, paths: Sequence[str | Path], *, device="cpu", out_dir: str | Path,
                   class_names: Sequence[str] | None = None, scale: tuple[int, int] = (1333, 800),
                   score_thr: float = 0.3, amp: str | None = None,
                   on_skip: Callable[[Path, str], None] | None = None,
                   on_image: Callable[[dict], None] | None = None,
                   detections_name: str = "detections.json") -> dict:
+    """`model`: an atss_cli.Detector (then `device`, `class_names`, `scale` and `amp` are its
+    own), or a model with ATSS's `predict`, wrapped in one with those."""
     import torch
 
-    from atss_cli.data.transforms import DecodeError, bgr_to_rgb_tensor, read_image, test_input
-    from atss_cli.engine.draw import class_name, draw_detections
-    from atss_cli.engine.evaluate import amp_context, unwrap_model
+    from atss_cli.api import Detector
+    from atss_cli.data.transforms import DecodeError, bgr_to_rgb_tensor, read_image
+    from atss_cli.engine.draw import draw_detections
 
-    device = torch.device(device)
+    if isinstance(model, Detector):
+        detector = model
+    else:
+        detector = Detector.from_model(model, device=device, class_names=class_names, scale=tuple(scale), amp=amp)
+        if class_names is None:
+            detector.class_names = []  # "class N" captions, as before
+    names = detector.class_names
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    net = unwrap_model(model)
-    was_training = net.training
-    net.eval()
     taken: set[str] = set()
     records: list[dict] = []
     skipped: list[dict] = []
-    try:
-        for raw in paths:
-            src = Path(raw)
-            try:
-                if not src.is_file():
-                    raise DecodeError("no such file" if not src.exists() else "not a file")
-                bgr = read_image(src)
-            except DecodeError as exc:
-                reason = str(exc)
-                skipped.append({"file": str(src), "reason": reason})
-                if on_skip is not None:
-                    on_skip(src, reason)
-                continue
-            h, w = int(bgr.shape[0]), int(bgr.shape[1])
-            tensor, img_shape, (sx, sy) = test_input(bgr, tuple(scale))
-            with torch.no_grad(), amp_context(device, amp):
-                det = net.predict(tensor[None].to(device), [img_shape], [(sx, sy)])[0]
-            boxes = det["boxes"].detach().float().cpu()
-            scores = det["scores"].detach().float().cpu()
-            labels = det["labels"].detach().cpu()
-            keep = scores >= score_thr
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            order = torch.argsort(scores, descending=True, stable=True)
-            boxes, scores, labels = boxes[order], scores[order], labels[order]
-            dst = _output_path(out, src, taken)
-            image = bgr_to_rgb_tensor(bgr)
-            del bgr
-            _write_image(draw_detections(image, boxes, scores, labels, class_names), dst)
-            record = {"file": str(src), "output": str(dst), "width": w, "height": h,
-                      "detections": [{"box": [float(v) for v in b], "score": float(s), "label": int(lab),
-                                      "name": class_name(int(lab), class_names)}
-                                     for b, s, lab in zip(boxes.tolist(), scores.tolist(), labels.tolist())]}
-            records.append(record)
-            if on_image is not None:
-                on_image(record)
-    finally:
-        net.train(was_training)
-    summary = {"score_thr": float(score_thr), "scale": list(scale),
-               "class_names": list(class_names) if class_names is not None else None,
+    for raw in paths:
+        src = Path(raw)
+        try:
+            if not src.is_file():
+                raise DecodeError("no such file" if not src.exists() else "not a file")
+            bgr = read_image(src)
+        except DecodeError as exc:
+            reason = str(exc)
+            skipped.append({"file": str(src), "reason": reason})
+            if on_skip is not None:
+                on_skip(src, reason)
+            continue
+        h, w = int(bgr.shape[0]), int(bgr.shape[1])
+        det = detector.detect_bgr(bgr, score_thr=score_thr)
+        dst = _output_path(out, src, taken)
+        image = bgr_to_rgb_tensor(bgr)
+        del bgr
+        _write_image(draw_detections(image, torch.from_numpy(det.boxes), det.scores, det.labels, names), dst)
+        record = {"file": str(src), "output": str(dst), "width": w, "height": h,
+                  "detections": [{"box": [float(v) for v in b], "score": float(s), "label": int(lab), "name": n}
+                                 for b, s, lab, n in zip(det.boxes.tolist(), det.scores.tolist(),
+                                                         det.labels.tolist(), det.names)]}
+        records.append(record)
+        if on_image is not None:
+            on_image(record)
+    summary = {"score_thr": float(score_thr), "scale": list(detector.scale),
+               "class_names": list(names) if names else None,
                "images": records, "skipped": skipped}
     det_path = write_json_atomic(out / detections_name, summary)
     summary["detections"] = str(det_path)
     return summary
 
 
-def predict_checkpoint(checkpoint: str | Path, images: Sequence[str | Path], out_dir: str | Path, *,
-                       coco: str | Path | None = None, split: str = "val2017", device: str = "auto",
+def make_detector(checkpoint: str | Path | None = None, *, onnx: str | Path | None = None,
+                  coco: str | Path | None = None, split: str = "val2017", ann: str | Path | None = None,
+                  device: str = "auto", scale: tuple[int, int] | None = None, model_overrides: dict | None = None,
+                  amp: str | None = None, threads: int | None = None):
+    """The Detector `atss predict` runs: from a checkpoint (PyTorch) or an `atss export` file
+    (ONNX Runtime, on the CPU); class names from --ann, else --coco, else the file's own, else
+    COCO's 80 for 80 classes, else "class N"."""
+    from atss_cli.api import Detector
+
+    if (checkpoint is None) == (onnx is None):
+        raise AtssError("give either --checkpoint CKPT or --onnx FILE")
+    if coco is not None and ann is not None:
+        raise AtssError("give either --coco ROOT or --ann FILE as the source of class names, not both")
+    if onnx is not None:
+        if device not in ("auto", "cpu"):
+            raise AtssError(f"--onnx runs on the CPU with ONNX Runtime; --device {device} is for --checkpoint")
+        if any(v is not None for v in (model_overrides or {}).values()):
+            raise AtssError("--depth, --fpn-channels, --head-channels and --stacked-convs are for --checkpoint; "
+                            "an ONNX file holds its architecture")
+        detector = Detector.from_onnx(onnx, threads=threads, scale=scale)
+    else:
+        detector = Detector.from_checkpoint(checkpoint, device=device, scale=scale, model_overrides=model_overrides,
+                                            amp=amp)
+    # The detector's own names already are the file's, else COCO's 80, else "class N".
+    detector.class_names = class_names_for(len(detector.class_names), coco_root=coco, split=split, ann=ann,
+                                           stored_names=detector.class_names)
+    return detector
+
+
+def predict_checkpoint(checkpoint: str | Path | None, images: Sequence[str | Path], out_dir: str | Path, *,
+                       coco: str | Path | None = None, split: str = "val2017", ann: str | Path | None = None,
+                       onnx: str | Path | None = None, device: str = "auto",
                        scale: tuple[int, int] | None = None, score_thr: float = 0.3,
-                       model_overrides: dict | None = None, amp: str | None = None,
+                       model_overrides: dict | None = None, amp: str | None = None, threads: int | None = None,
                        on_skip: Callable[[Path, str], None] | None = None,
                        on_image: Callable[[dict], None] | None = None) -> dict:
-    """`atss predict` as a function: the class count comes from the checkpoint's classifier, the
-    architecture from its config (else R50 defaults, or `model_overrides`), the names from
-    `class_names_for`, the test scale from `scale`, else the checkpoint config, else (1333, 800).
-    Returns `predict_files`'s summary plus "checkpoint"."""
-    from atss_cli.engine.device import resolve_device
-    from atss_cli.engine.inference import DEFAULT_SCALE, build_inference_model, read_checkpoint_info
-
+    """`atss predict` as a function: `make_detector`, then `predict_files`. The architecture
+    comes from the checkpoint's config (else R50 defaults, or `model_overrides`), the test scale
+    from `scale`, else the checkpoint config (or the ONNX metadata), else (1333, 800).
+    Returns `predict_files`'s summary plus "checkpoint" or "onnx"."""
     if not 0.0 <= score_thr <= 1.0:
         raise AtssError(f"--score-thr must be between 0 and 1, got {score_thr}")
-    dev = resolve_device(device)
-    info = read_checkpoint_info(checkpoint)
-    if info.num_classes is None:
-        raise AtssError(f"{checkpoint} has no bbox_head.atss_cls.weight: not an ATSS checkpoint")
-    names = class_names_for(info.num_classes, coco_root=coco, split=split, checkpoint_names=info.class_names)
-    model = build_inference_model(checkpoint, num_classes=info.num_classes, device=dev,
-                                  overrides=model_overrides, info=info)
-    use_scale = tuple(scale) if scale else (info.scale or DEFAULT_SCALE)
-    summary = predict_files(model, images, device=dev, out_dir=out_dir, class_names=names, scale=use_scale,
-                            score_thr=score_thr, amp=amp, on_skip=on_skip, on_image=on_image)
-    summary["checkpoint"] = str(checkpoint)
+    detector = make_detector(checkpoint, onnx=onnx, coco=coco, split=split, ann=ann, device=device, scale=scale,
+                             model_overrides=model_overrides, amp=amp, threads=threads)
+    summary = predict_files(detector, images, out_dir=out_dir, score_thr=score_thr, on_skip=on_skip,
+                            on_image=on_image)
+    summary["checkpoint" if onnx is None else "onnx"] = str(checkpoint if onnx is None else onnx)
     return summary
