@@ -1,7 +1,8 @@
 """Builds only the C++/CUDA extension `atss_cli._C`; metadata lives in pyproject.toml.
 
 The CPU kernels always build. The CUDA kernels build when torch is a CUDA build and nvcc is
-found (CUDA_HOME, default /usr/local/cuda), or when ATSS_FORCE_CUDA=1, for
+found (CUDA_HOME, default /usr/local/cuda), or when ATSS_FORCE_CUDA=1, unless ATSS_NO_CUDA=1 (`make demo`
+on a machine without a GPU: the demo runs on the CPU, and the CUDA compile is most of the set-up), for
 TORCH_CUDA_ARCH_LIST (default 8.0;9.0+PTX: sm_80 and sm_90 code, PTX for newer GPUs). The
 compiler flags (C++20, the arithmetic that keeps CPU == CUDA exact) live in
 atss_cli/build_flags.py; NVCC_PREPEND_FLAGS / NVCC_APPEND_FLAGS are dropped with a warning.
@@ -44,7 +45,7 @@ def _extensions():
     cpp = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     cu = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
     nvcc = CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
-    with_cuda = bool(cu) and (
+    with_cuda = bool(cu) and os.environ.get("ATSS_NO_CUDA") != "1" and (
         os.environ.get("ATSS_FORCE_CUDA") == "1" or (torch.version.cuda is not None and nvcc)
     )
     define_macros = []
