@@ -1,6 +1,10 @@
-"""The 1x learning-rate schedule of SPEC.md section 6: linear warmup by iteration, steps by epoch."""
+"""The 1x schedule of SPEC.md section 6: linear warmup by iteration, lr steps by epoch, and the
+batch plan (accumulation, total batch, iterations) a run's layout gives."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 
 def warmup_factor(iteration: int, *, warmup_iters: int, warmup_ratio: float) -> float:
@@ -47,3 +51,39 @@ def batch_note(total_batch: int, *, base_batch: int, lr: float, base_lr: float, 
                 f"({base_lr:g} x {total_batch}/{base_batch})")
     return (f"total batch {total_batch}, not the recipe's {base_batch}: lr {lr:g} as given; the linear "
             f"scaling rule would give {linear:g} (--scale-lr)")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the run's batches add up: micro-steps (loader batches) per epoch and per optimizer
+    step, the total batch, the lr it implies, and the iteration count."""
+
+    steps_per_epoch: int   # loader batches per epoch on each process
+    accumulate: int        # micro-steps per optimizer step
+    global_batch: int      # images per micro-step over all processes
+    total_batch: int       # images per optimizer step
+    base_lr: float
+    iters_per_epoch: int
+    total_iters: int
+
+    def lr(self, cfg, *, iteration: int, epoch: int) -> float:
+        return learning_rate(self.base_lr, iteration=iteration, epoch=epoch, warmup_iters=cfg.warmup_iters,
+                             warmup_ratio=cfg.warmup_ratio, milestones=tuple(cfg.milestones))
+
+
+def plan_batches(cfg, *, steps_per_epoch: int, world_size: int) -> BatchPlan:
+    """The plan of `cfg` (batch_per_gpu, accumulate, base_batch, lr, scale_lr, epochs, max_iters)
+    for `world_size` processes whose loaders give `steps_per_epoch` batches each."""
+    accumulate = accumulation_steps(cfg.accumulate, base_batch=cfg.base_batch,
+                                    batch_per_gpu=cfg.batch_per_gpu, world_size=world_size)
+    accumulate = min(accumulate, steps_per_epoch)
+    global_batch = cfg.batch_per_gpu * world_size
+    total_batch = global_batch * accumulate
+    base_lr = cfg.lr * total_batch / cfg.base_batch if cfg.scale_lr else cfg.lr
+    iters_per_epoch = math.ceil(steps_per_epoch / accumulate)
+    total_iters = iters_per_epoch * cfg.epochs
+    if cfg.max_iters:
+        total_iters = min(total_iters, cfg.max_iters)
+    return BatchPlan(steps_per_epoch=steps_per_epoch, accumulate=accumulate, global_batch=global_batch,
+                     total_batch=total_batch, base_lr=base_lr, iters_per_epoch=iters_per_epoch,
+                     total_iters=total_iters)
