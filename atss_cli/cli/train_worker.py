@@ -12,33 +12,93 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from atss_cli.cli.common import report_error
-
     parser = argparse.ArgumentParser(prog="atss-train-worker")
     parser.add_argument("--config", required=True)
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args(argv)
+
+    def load():
+        from atss_cli.config import load_json
+
+        return load_json(args.config)
+
+    return run_rank(load, resume=not args.no_resume)[0]
+
+
+def run_rank(load_config, *, resume: bool) -> tuple[int, dict]:
+    """Train as the process RANK of WORLD_SIZE (from the environment): rank 0 reports, every
+    rank that fails prints one line; returns the exit status and train()'s summary ({} on failure)."""
+    from atss_cli.cli.common import report_error
+
     rank = int(os.environ.get("RANK", "0"))
     try:
-        from atss_cli.config import load_json
         from atss_cli.engine.train import SilentReporter, train
 
-        cfg = load_json(args.config)
+        cfg = load_config()
         if rank == 0:
             from atss_cli.cli.reporting import ConsoleReporter
 
             reporter = ConsoleReporter(cfg.log_interval)
         else:
             reporter = SilentReporter()
-        train(cfg, reporter, resume=not args.no_resume)
+        summary = train(cfg, reporter, resume=resume)
     except BaseException as exc:  # noqa: BLE001 - one line per failing rank, never a traceback
         if isinstance(exc, SystemExit):
             raise
         if isinstance(exc, KeyboardInterrupt):
-            return 130
-        return report_error(exc, prefix=f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
-    return 0
+            return 130, {}
+        lost = peer_lost_line(exc, rank)
+        if lost:
+            print(lost, file=sys.stderr, flush=True)
+            from atss_cli.engine.heartbeat import EXIT_PEER_LOST
+
+            return EXIT_PEER_LOST, {}
+        return report_error(exc, prefix=f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""), {}
+    return 0, summary or {}
+
+
+# What gloo, NCCL and the store say when a peer process or node is gone.
+_PEER_SIGNS = ("connection closed by peer", "connection reset by peer", "timed out", "timeout",
+               "broken pipe", "socket closed", "connection refused", "nccl communicator was aborted",
+               "remote process exited", "no route to host", "watchdog caught collective operation")
+
+
+def peer_lost_line(exc: BaseException, rank: int) -> str:
+    """One line when `exc` is a collective that failed because another rank died or went silent."""
+    import torch.distributed as dist
+
+    from atss_cli.engine import heartbeat
+    from atss_cli.engine.distributed import dist_timeout
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return ""
+    text = " ".join(str(exc).split())
+    dist_error = isinstance(exc, getattr(dist, "DistError", ()))
+    if not dist_error and not (isinstance(exc, RuntimeError) and any(s in text.lower() for s in _PEER_SIGNS)):
+        return ""
+    # The backend's message says what broke; the heartbeat says who has gone quiet.
+    detail = text.split("] ", 1)[-1] if "] " in text[:200] else text
+    detail = detail.split(". ", 1)[0][:160]
+    silent = heartbeat.silent_peers()
+    if silent:
+        who = f"silent: {silent}"
+    elif "timeout" in text.lower() or "timed out" in text.lower():
+        who = "no answer in time"
+    else:
+        who = "a peer closed its connection"
+    return (f"error: [rank {rank}] lost contact with another rank ({who}; {type(exc).__name__}: {detail}); "
+            f"stopping (--dist-timeout {dist_timeout():g} s); rerun the same command to resume from latest.pth")
+
+
+def leave(code: int) -> None:
+    """Exit with `code`; after a failure without the interpreter's teardown: the C++ threads of a
+    process group whose peer is gone can abort the process there (SIGABRT after our line)."""
+    if code == 0:
+        sys.exit(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
