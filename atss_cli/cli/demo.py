@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -16,16 +16,17 @@ def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Where the dataset, run, pictures and figures go.")] = Path("demo_out"),
     num_train: Annotated[int, typer.Option("--num-train", min=8, help="Generated training images.")] = 400,
     num_val: Annotated[int, typer.Option("--num-val", min=4, help="Generated validation images.")] = 50,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 12,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs [default: the demo's 10].",
+                                                  show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", min=0)] = 1,
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Run the short assigner benchmark.")] = True,
 ) -> None:
     """Generate a dataset, train a small ATSS on the CPU, evaluate it, draw predictions."""
     from atss_cli.cli.reporting import ConsoleReporter
-    from atss_cli.engine.demo import run_demo
+    from atss_cli.engine.demo import DEMO_EPOCHS, run_demo
 
     reporter = ConsoleReporter(log_interval=10)
-    result = run_demo(out, reporter, train_images=num_train, val_images=num_val, epochs=epochs,
+    result = run_demo(out, reporter, train_images=num_train, val_images=num_val, epochs=epochs or DEMO_EPOCHS,
                       workers=workers, bench=bench)
     m = result["metrics"]
     if result["bench_result"] is not None:

@@ -13,12 +13,26 @@ from pathlib import Path
 from atss_cli.config import TrainConfig
 from atss_cli.model.detector import PRESETS
 
-# The demo preset: the same algorithm as the 1x recipe, sized for 2 CPU cores and ~5 minutes.
+# The demo preset: the same algorithm as the 1x recipe, sized for 2 CPU cores and a few minutes.
 # No ImageNet weights exist here, so every stage and its BatchNorm layers train from random init
 # (from_scratch: never the user's torch hub cache, so every demo run starts the same).
-DEMO_SIZE = 256
+# 192 px and 10 epochs of 400 images: 256 px and 12 epochs reached mAP@0.5 0.88 but took 531 s
+# of training on a 2-core Xeon; 160 px and 8 epochs of 300 images ended at 0.755.
+DEMO_SIZE = 192
+DEMO_EPOCHS = 10
 # The "tiny" preset, narrowed to 64 channels: twice the images per second on 2 cores.
 DEMO_MODEL = {**PRESETS["tiny"], "fpn_channels": 64, "head_channels": 64}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Then the demo trains under
+    bf16 autocast, 1.8x faster per step on this project's Xeon; elsewhere bf16 would be emulated,
+    slower than float32, so the demo stays in float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def demo_config(data_dir: Path, work_dir: Path, *, epochs: int, workers: int) -> TrainConfig:
@@ -26,9 +40,10 @@ def demo_config(data_dir: Path, work_dir: Path, *, epochs: int, workers: int) ->
         coco=str(data_dir), work_dir=str(work_dir), device="cpu",
         **DEMO_MODEL,
         scale=(DEMO_SIZE, DEMO_SIZE), flip_prob=0.5, workers=workers, channels_last=True,
+        amp="bf16" if native_bf16() else "none",
         epochs=epochs, lr=0.02, base_batch=8, batch_per_gpu=8, accumulate=1,
         warmup_iters=40, warmup_ratio=0.1, milestones=(epochs - 2,) if epochs > 3 else (),
-        eval_interval=3, checkpoint_interval=epochs, save_every_iters=50, log_interval=10, seed=0,
+        eval_interval=5, checkpoint_interval=epochs, save_every_iters=50, log_interval=10, seed=0,
         from_scratch=True,
     )
 
