@@ -14,9 +14,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
 def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Where the dataset, run, pictures and figures go.")] = Path("demo_out"),
-    num_train: Annotated[int, typer.Option("--num-train", min=8, help="Generated training images.")] = 400,
+    num_train: Annotated[int, typer.Option("--num-train", min=8, help="Generated training images.")] = 300,
     num_val: Annotated[int, typer.Option("--num-val", min=4, help="Generated validation images.")] = 50,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs [default: the demo's 10].",
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs [default: the demo's 8].",
                                                   show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", min=0)] = 1,
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Run the short assigner benchmark.")] = True,
