@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import shlex
@@ -31,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -82,48 +80,19 @@ def make_inputs(batch: int, size: tuple[int, int], num_classes: int, seed: int =
     return np.stack(images), {"boxes": boxes, "labels": labels}
 
 
-def fixture_state_dict(model, seed: int = 1) -> dict:
-    """The weights of ../shared/reference/mmdet_atss/README.md (tests/test_model_parity.py):
-    scores spread over the threshold like a trained model's, so post-processing does real work."""
-    import numpy as np
-    import torch
-
-    out = {}
-    for name, t in model.state_dict().items():
-        shape = tuple(t.shape)
-        k = int(np.prod(shape)) if shape else 1
-        if name.endswith("num_batches_tracked"):
-            out[name] = torch.zeros((), dtype=torch.int64)
-            continue
-        u = np.random.default_rng([seed, zlib.crc32(name.encode())]).random(k)
-        if name.endswith("running_var"):
-            v = 0.5 + u
-        elif name.endswith("running_mean"):
-            v = 0.2 * (u - 0.5)
-        elif len(shape) >= 2:
-            v = (2 * u - 1) * math.sqrt(3 / int(np.prod(shape[1:])))
-        elif name.endswith("atss_cls.bias"):
-            v = -math.log(99) + 0.2 * (u - 0.5)
-        elif name.endswith("bias"):
-            v = 0.2 * (u - 0.5)
-        else:
-            v = 0.5 + u
-        out[name] = torch.from_numpy(v.reshape(shape)).to(torch.float32)
-    return out
-
-
 def write_inputs(folder: Path, args) -> None:
     import numpy as np
     import torch
 
     from atss_cli.model import build_atss
+    from atss_cli.model.fixture_weights import deterministic_state_dict
 
     images, targets = make_inputs(max(args.train_batch, max(args.predict_batch)), args.size, args.num_classes)
     np.save(folder / "images.npy", images)
     (folder / "targets.json").write_text(json.dumps(targets))
     torch.manual_seed(0)
     model = build_atss(num_classes=args.num_classes, depth=args.depth)
-    state = fixture_state_dict(model) if args.weights == "fixture" else model.state_dict()
+    state = deterministic_state_dict(model) if args.weights == "fixture" else model.state_dict()
     # `config` tells `atss export` the depth (it builds the model from the file alone)
     torch.save({"state_dict": state, "config": {"model": {"depth": args.depth}}}, folder / "weights.pth")
 

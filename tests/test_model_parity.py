@@ -8,7 +8,6 @@ on a fixed batch of two images: raw head outputs, assignments, losses and predic
 from __future__ import annotations
 
 import math
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,38 +15,12 @@ import pytest
 import torch
 
 from atss_cli.model import build_atss
+from atss_cli.model.fixture_weights import deterministic_state_dict
 
 DATA = Path(__file__).parent / "data"
 REL_TOL = 1e-4
 SCORE_TIE = 1e-5
 BOX_TOL = 1e-3
-
-
-def deterministic_state_dict(model: torch.nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:
-    """The fixture's weights: for entry `n` of shape `s` (k elements), u = default_rng([seed,
-    crc32(n)]).random(k), mapped by the entry's kind (see the fixture's README)."""
-    out = {}
-    for name, t in model.state_dict().items():
-        shape = tuple(t.shape)
-        k = int(np.prod(shape)) if shape else 1
-        if name.endswith("num_batches_tracked"):
-            out[name] = torch.zeros((), dtype=torch.int64)
-            continue
-        u = np.random.default_rng([seed, zlib.crc32(name.encode())]).random(k)
-        if name.endswith("running_var"):
-            v = 0.5 + u
-        elif name.endswith("running_mean"):
-            v = 0.2 * (u - 0.5)
-        elif len(shape) >= 2:
-            v = (2 * u - 1) * math.sqrt(3 / int(np.prod(shape[1:])))
-        elif name.endswith("atss_cls.bias"):
-            v = -math.log(99) + 0.2 * (u - 0.5)
-        elif name.endswith("bias"):
-            v = 0.2 * (u - 0.5)
-        else:
-            v = 0.5 + u
-        out[name] = torch.from_numpy(v.reshape(shape)).to(torch.float32)
-    return out
 
 
 @pytest.fixture(scope="module")
