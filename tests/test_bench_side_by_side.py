@@ -77,6 +77,17 @@ def test_summary_statistics():
     assert s["s_per_image"] == 1.5 and s["n"] == 5
 
 
+def test_paired_ratios_pair_the_calls_of_each_round():
+    # round 1: the host is fast (1.0 vs 0.5), round 2 twice as slow (2.0 vs 1.0), round 3 (3.0 vs 1.0)
+    ref = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    ours = [0.5, 0.5, 1.0, 1.0, 1.0, 1.0]
+    p = side_by_side.paired_ratios(ref, ours, repeats=2)
+    assert p["ratios"] == [2.0, 2.0, 3.0]
+    assert p["median"] == 2.0 and p["q1"] == 2.0 and p["q3"] == 2.5
+    assert side_by_side.paired_ratios(ref, ours[:4], repeats=2)["ratios"] == [2.0, 2.0]
+    assert side_by_side.paired_ratios([], [], repeats=1)["ratios"] == []
+
+
 def test_own_side_runs_and_writes_report(tmp_path):
     proc = bench("--sides", "atss", *TINY, "--predict-batch", "1", "--out-dir", tmp_path, "--name", "t")
     assert proc.returncode == 0, proc.stderr
@@ -130,3 +141,4 @@ def test_against_mmdetection_tiny(tmp_path):
     rows = {(r["case"], r["side"]) for r in report["rows"]}
     assert {("train", "atss"), ("train", "mmdet"), ("predict", "atss"), ("predict", "mmdet")} <= rows
     assert any(r["mmdet_over_this"] for r in report["rows"] if r["side"] == "atss")
+    assert all(r["paired"]["median"] > 0 for r in report["rows"] if r["side"] != "mmdet")
