@@ -1,6 +1,9 @@
 // The pybind11 module atss_cli._C: importing it registers the ops (ops.cpp and the backends'
 // TORCH_LIBRARY_IMPL blocks); its functions report how it was built (detectron2's vision.cpp).
-#include <torch/extension.h>
+// pybind11 and torch's version header only: <torch/extension.h> would take this file from a few
+// seconds to most of a minute to compile, and nothing here touches a tensor.
+#include <pybind11/pybind11.h>
+#include <torch/version.h>
 
 #include <string>
 

@@ -19,7 +19,7 @@
 // candidates on the CPU and O(B * L) level counts: never B x N x M.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <tuple>

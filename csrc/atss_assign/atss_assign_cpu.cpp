@@ -1,5 +1,7 @@
 #include "atss_assign/atss_assign.h"
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

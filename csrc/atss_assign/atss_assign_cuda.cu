@@ -2,6 +2,8 @@
 // geometry), which the CPU harness (csrc/harness) runs too.
 #include "atss_assign/atss_assign.h"
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -5,7 +5,7 @@
 // 1e-6, MMDetection's order of operations (atss::box_iou in common/atss_math.h). No autograd.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace atss {
 

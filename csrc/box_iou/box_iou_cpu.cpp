@@ -1,5 +1,6 @@
 #include "box_iou/box_iou.h"
 
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

@@ -1,6 +1,7 @@
 // Launches only: the kernel body is box_iou/box_iou_kernel.h, which the CPU harness runs too.
 #include "box_iou/box_iou.h"
 
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -3,7 +3,8 @@
 // before calling, plus values (finite coordinates, num_gt range) when asked to.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <optional>

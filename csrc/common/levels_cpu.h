@@ -2,7 +2,8 @@
 // valid anchors per (image, level).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

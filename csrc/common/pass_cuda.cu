@@ -1,5 +1,6 @@
 #include "common/pass_cuda.h"
 
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 

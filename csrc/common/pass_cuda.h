@@ -2,7 +2,7 @@
 // from checked, contiguous inputs, and its launch.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <vector>

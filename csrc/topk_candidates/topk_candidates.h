@@ -27,7 +27,7 @@
 // geometry, two without.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 

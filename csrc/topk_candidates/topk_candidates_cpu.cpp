@@ -1,5 +1,6 @@
 #include "topk_candidates/topk_candidates.h"
 
+#include <ATen/ops/full.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

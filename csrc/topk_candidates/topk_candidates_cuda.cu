@@ -2,6 +2,7 @@
 // common/levels_kernel.h without geometry), which the CPU harness (csrc/harness) runs too.
 #include "topk_candidates/topk_candidates.h"
 
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
