@@ -60,7 +60,7 @@ def run(cmd: list[str], env: dict | None = None) -> int:
 
 
 def install_with_uv(python: str, packages: list[str]) -> bool:
-    venv = Path(python).resolve().parent.parent
+    venv = Path(python).absolute().parent.parent   # not resolve(): bin/python links out of the venv
     uv = Path(python).parent / "uv"
     if not uv.exists() and run([python, "-m", "pip", "install", "-q", "uv"]) != 0:
         print("install_deps: no uv wheel reachable; installing with pip", file=sys.stderr)
