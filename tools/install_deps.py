@@ -18,6 +18,7 @@ hard-linked into site-packages, so it costs no extra disk and goes away with the
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import shlex
 import subprocess
@@ -38,7 +39,10 @@ def pip_config(python: str) -> dict[str, list[str]]:
         if not sep:
             continue
         option = key.rsplit(".", 1)[-1].strip()
-        value = value.strip().strip("'\"")
+        try:   # pip prints repr(value): a multi-line setting comes out as '\\nA\\nB'
+            value = str(ast.literal_eval(value.strip()))
+        except (ValueError, SyntaxError):
+            value = value.strip().strip("'\"")
         if option in PIP_TO_UV or option == "no-index":
             # later lines (user, site, then environment) override earlier ones, as in pip
             found[option] = value.split()
