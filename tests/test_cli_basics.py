@@ -38,3 +38,24 @@ def test_unknown_command_and_flag_are_one_line_errors():
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+
+
+def test_error_line_is_one_write(monkeypatch):
+    # ranks share one stderr: the line and its newline must not be two writes that can interleave
+    from atss_cli.cli.common import report_error
+    from atss_cli.errors import AtssError
+
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    assert report_error(AtssError("disk full"), prefix="[rank 1] ") == AtssError("x").exit_code
+    report_error(ValueError("odd\nsecond line"))
+    assert writes == ["error: [rank 1] disk full\n",
+                      "error: internal error: ValueError: odd (this is a bug; ATSS_DEBUG=1 shows the traceback)\n"]

@@ -45,18 +45,25 @@ def report_error(exc: BaseException, prefix: str = "") -> int:
 
         traceback.print_exception(exc)
     if isinstance(exc, AtssError):
-        print(f"error: {prefix}{exc}", file=sys.stderr)
+        _stderr_line(f"error: {prefix}{exc}")
         return exc.exit_code
     if isinstance(exc, FileNotFoundError):
-        print(f"error: {prefix}file not found: {exc.filename or exc}", file=sys.stderr)
+        _stderr_line(f"error: {prefix}file not found: {exc.filename or exc}")
         return 2
     if isinstance(exc, MemoryError):
-        print(f"error: {prefix}out of memory (host RAM); try fewer loader workers or a smaller batch", file=sys.stderr)
+        _stderr_line(f"error: {prefix}out of memory (host RAM); try fewer loader workers or a smaller batch")
         return 1
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    print(f"error: {prefix}internal error: {type(exc).__name__}: {msg} "
-          "(this is a bug; ATSS_DEBUG=1 shows the traceback)", file=sys.stderr)
+    _stderr_line(f"error: {prefix}internal error: {type(exc).__name__}: {msg} "
+                 "(this is a bug; ATSS_DEBUG=1 shows the traceback)")
     return 1
+
+
+def _stderr_line(text: str) -> None:
+    # One write for the text and its newline: with PYTHONUNBUFFERED (or -u) print() makes two, and
+    # the ranks of a multi-process run, sharing one stderr, could interleave between them.
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 class Device(str, enum.Enum):
