@@ -49,3 +49,22 @@ def test_no_index_and_nothing_configured():
     assert install_deps.uv_args({}) == ["--index-strategy", "unsafe-best-match"]
     assert "--no-index" in install_deps.uv_args({"no-index": ["true"]})
     assert "--no-index" not in install_deps.uv_args({"no-index": ["false"]})
+
+
+# `pip config list` as pip 23.2 prints it (environment first) and as pip 26 does (files first)
+PIP_23 = """:env:.find-links='/from-env'
+:env:.constraint='/env-c.txt'
+global.constraint='/etc/c.txt'
+global.find-links='/from-file'
+install.extra-index-url='\\nfile:///a\\nfile:///b'
+global.extra-index-url='file:///g'
+download.index-url='https://ignored.example'
+"""
+
+
+def test_precedence_does_not_depend_on_the_printed_order():
+    pip_26 = "\n".join(sorted(PIP_23.splitlines(), key=lambda line: line.startswith(":env:")))
+    for text in (PIP_23, pip_26):
+        config = install_deps.parse_pip_config(text)
+        assert config == {"find-links": ["/from-env"], "constraint": ["/env-c.txt"],
+                          "extra-index-url": ["file:///a", "file:///b"]}, text

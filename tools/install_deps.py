@@ -30,23 +30,34 @@ PIP_TO_UV = {"index-url": "--index-url", "extra-index-url": "--extra-index-url",
              "find-links": "--find-links", "constraint": "--constraint"}
 
 
+# pip applies [global], then [install], then PIP_* variables (shown as ":env:"), each over the
+# last; `pip config list` prints them in an order that changed between pip versions.
+SECTION_RANK = {"global": 0, "install": 1, ":env:": 2}
+
+
 def pip_config(python: str) -> dict[str, list[str]]:
-    """pip's effective index settings, from `pip config list` (files and PIP_* variables)."""
+    """pip's effective index settings for `pip install`, from `pip config list`."""
     proc = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True)
-    found: dict[str, list[str]] = {}
-    for line in proc.stdout.splitlines():
+    return parse_pip_config(proc.stdout)
+
+
+def parse_pip_config(text: str) -> dict[str, list[str]]:
+    found: dict[str, tuple[int, list[str]]] = {}
+    for line in text.splitlines():
         key, sep, value = line.partition("=")
-        if not sep:
+        section, dot, option = key.strip().rpartition(".")
+        if not sep or not dot or section not in SECTION_RANK:
             continue
-        option = key.rsplit(".", 1)[-1].strip()
+        if option not in PIP_TO_UV and option != "no-index":
+            continue
         try:   # pip prints repr(value): a multi-line setting comes out as '\\nA\\nB'
             value = str(ast.literal_eval(value.strip()))
         except (ValueError, SyntaxError):
             value = value.strip().strip("'\"")
-        if option in PIP_TO_UV or option == "no-index":
-            # later lines (user, site, then environment) override earlier ones, as in pip
-            found[option] = value.split()
-    return found
+        rank = SECTION_RANK[section]
+        if option not in found or rank >= found[option][0]:
+            found[option] = (rank, value.split())
+    return {option: values for option, (_, values) in found.items()}
 
 
 def uv_args(config: dict[str, list[str]]) -> list[str]:
