@@ -271,13 +271,20 @@ def test_usr1_before_the_time_limit_saves_requeues_and_the_job_resumes(cluster, 
         assert sent.returncode == 0, sent.stderr
         deadline = time.monotonic() + 420
         seen = []
+        released = False
         while _job_field(cluster, job, "JobState") != "COMPLETED" or _job_field(cluster, job, "Restarts") != "1":
             assert time.monotonic() < deadline, (seen, cluster.cmd("scontrol", "show", "job", job).stdout)
             state = (_job_field(cluster, job, "JobState"), _job_field(cluster, job, "Reason"))
             if not seen or seen[-1] != state:
                 seen.append(state)
-            if state[0] == "PENDING" and state[1] == "BeginTime":
-                cluster.cmd("scontrol", "update", f"jobid={job}", "StartTime=now")  # SLURM holds a requeued job 120 s
+            assert state[0] not in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY"), \
+                (seen, "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))[-3000:])
+            if state == ("PENDING", "BeginTime") and not released:
+                # SLURM holds a requeued job 120 s. Not "now": a start in the second of the requeue
+                # is refused ("Job credential revoked": the old instance's credential, revoked in
+                # that second, still matches) and the job fails.
+                cluster.cmd("scontrol", "update", f"jobid={job}", "StartTime=now+3")
+                released = True
             time.sleep(0.5)
         print("job states:", seen)
     finally:
