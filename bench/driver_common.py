@@ -1,5 +1,6 @@
 """What both sides of `bench/side_by_side.py` share: the input files, the timing loop and the
-line protocol. It imports only the standard library and numpy, because it runs in three
+line protocol. It imports only the standard library, numpy and `atss_cli.benchmarks` (standard
+library only; the repository root goes on sys.path, no install needed), because it runs in three
 interpreters: ours (atss, PyTorch), ours without torch (ONNX Runtime) and MMDetection's venv.
 
 Protocol: the orchestrator starts a driver, which sets itself up and prints one `@@sbs {...}`
@@ -27,6 +28,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from atss_cli.benchmarks import cpu_name  # noqa: E402
+
+cpu_model = cpu_name   # the drivers' CPU line: the same text `atss bench` prints
 
 PREFIX = "@@sbs "
 
@@ -94,16 +100,3 @@ def thread_env(threads: int) -> None:
     """Thread counts that must be set before torch / onnxruntime load their pools."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()

@@ -53,6 +53,13 @@ def run(*args, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run(atss_cmd(*args), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
+def two_process_losses(coco: Path, work: Path, epochs: int) -> list[tuple[int, float]]:
+    """The uninterrupted reference: one node, two gloo processes, batch 1 each."""
+    proc = run("train", *common(coco, epochs=epochs), "--work-dir", work, "--batch-per-gpu", 1, "--nproc", 2)
+    assert proc.returncode == 0, proc.stderr
+    return losses(work)
+
+
 def losses(work: Path) -> list[tuple[int, float]]:
     records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     return [(r["iteration"], r["loss"]) for r in records if r["kind"] == "train"]

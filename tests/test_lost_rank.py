@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from multinode_util import (Nodes, assert_same_losses, common, free_port, losses, make_coco, run, train_records,
-                            wait_for, worker_pids)
+from multinode_util import (Nodes, assert_same_losses, common, free_port, losses, make_coco, train_records,
+                            two_process_losses, wait_for, worker_pids)
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +25,7 @@ def coco(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(coco, tmp_path_factory):
     """Uninterrupted: one node, two gloo processes, 2 epochs (6 iterations)."""
-    work = tmp_path_factory.mktemp("reference")
-    proc = run("train", *common(coco, epochs=2), "--work-dir", work, "--batch-per-gpu", 1, "--nproc", 2)
-    assert proc.returncode == 0, proc.stderr
-    return losses(work)
+    return two_process_losses(coco, tmp_path_factory.mktemp("reference"), epochs=2)
 
 
 def node_args(coco, work, rank, port, *extra):

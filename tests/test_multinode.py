@@ -17,7 +17,7 @@ import pytest
 
 from cli_run import assert_one_line_error
 from multinode_util import (TINY, NetnsPair, Nodes, assert_same_losses, common, free_port, losses, make_coco, run,
-                            train_records, wait_for)
+                            train_records, two_process_losses, wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,7 @@ def coco(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_node(coco, tmp_path_factory):
     """The reference: one node, two gloo processes, batch 1 each; 2 epochs (6 iterations)."""
-    work = tmp_path_factory.mktemp("one_node")
-    proc = run("train", *common(coco, epochs=2), "--work-dir", work, "--batch-per-gpu", 1, "--nproc", 2)
-    assert proc.returncode == 0, proc.stderr
-    return losses(work)
+    return two_process_losses(coco, tmp_path_factory.mktemp("one_node"), epochs=2)
 
 
 def two_nodes(coco, work, *, addr="127.0.0.1", netns: NetnsPair | None = None, epochs=2, extra=()):

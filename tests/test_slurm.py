@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from multinode_util import (ROOT, assert_same_losses, common, env, free_port, losses, make_coco, run, train_records,
-                            wait_for)
+                            two_process_losses, wait_for)
 
 from atss_cli.engine import slurm
 
@@ -197,10 +197,7 @@ def coco(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_processes(coco, tmp_path_factory):
-    work = tmp_path_factory.mktemp("nproc2")
-    proc = run("train", *common(coco, epochs=1), "--work-dir", work, "--batch-per-gpu", 1, "--nproc", 2)
-    assert proc.returncode == 0, proc.stderr
-    return losses(work)
+    return two_process_losses(coco, tmp_path_factory.mktemp("nproc2"), epochs=1)
 
 
 def test_srun_two_tasks_train_as_two_processes(cluster, coco, two_processes, tmp_path):
@@ -214,16 +211,20 @@ def test_srun_two_tasks_train_as_two_processes(cluster, coco, two_processes, tmp
     assert_same_losses(two_processes, losses(work))
 
 
-def test_the_printed_sbatch_script_runs_under_sbatch(cluster, coco, two_processes, tmp_path):
-    work = tmp_path / "sbatch"
-    made = run("train", *common(coco, 1), "--work-dir", work, "--batch-per-gpu", 1, "--print-sbatch",
+def write_sbatch_script(coco, epochs: int, work, path):
+    """`atss train --print-sbatch` for two processes on one node, written to `path`. This cluster
+    has no GPUs and few cores: those two lines go, the rest runs as printed."""
+    made = run("train", *common(coco, epochs), "--work-dir", work, "--batch-per-gpu", 1, "--print-sbatch",
                "--nnodes", 1, "--gpus", 2, "--time", "00:30:00")
     assert made.returncode == 0, made.stderr
-    # This cluster has no GPUs and few cores: those two lines go, the rest runs as printed.
-    script = "".join(line + "\n" for line in made.stdout.splitlines()
-                     if not line.startswith(("#SBATCH --gpus-per-node", "#SBATCH --cpus-per-task")))
-    path = tmp_path / "job.sh"
-    path.write_text(script)
+    path.write_text("".join(line + "\n" for line in made.stdout.splitlines()
+                            if not line.startswith(("#SBATCH --gpus-per-node", "#SBATCH --cpus-per-task"))))
+    return path
+
+
+def test_the_printed_sbatch_script_runs_under_sbatch(cluster, coco, two_processes, tmp_path):
+    work = tmp_path / "sbatch"
+    path = write_sbatch_script(coco, 1, work, tmp_path / "job.sh")
     proc = cluster.cmd("sbatch", "--wait", "--chdir", str(tmp_path), str(path), timeout=600)
     out = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
     print(proc.stdout, proc.stderr, out[-3000:])
@@ -233,10 +234,7 @@ def test_the_printed_sbatch_script_runs_under_sbatch(cluster, coco, two_processe
 
 @pytest.fixture(scope="module")
 def two_epochs(coco, tmp_path_factory):
-    work = tmp_path_factory.mktemp("nproc2_2ep")
-    proc = run("train", *common(coco, epochs=2), "--work-dir", work, "--batch-per-gpu", 1, "--nproc", 2)
-    assert proc.returncode == 0, proc.stderr
-    return losses(work)
+    return two_process_losses(coco, tmp_path_factory.mktemp("nproc2_2ep"), epochs=2)
 
 
 def _job_field(cluster, job: str, field: str) -> str:
@@ -252,12 +250,7 @@ def test_usr1_before_the_time_limit_saves_requeues_and_the_job_resumes(cluster, 
     the tasks agree on an iteration, save, rank 0 requeues the job, and the requeued job resumes
     and ends with the losses of an uninterrupted run."""
     work = tmp_path / "requeue"
-    made = run("train", *common(coco, 2), "--work-dir", work, "--batch-per-gpu", 1, "--print-sbatch",
-               "--nnodes", 1, "--gpus", 2, "--time", "00:30:00")
-    assert made.returncode == 0, made.stderr
-    script = "".join(line + "\n" for line in made.stdout.splitlines()
-                     if not line.startswith(("#SBATCH --gpus-per-node", "#SBATCH --cpus-per-task")))
-    (tmp_path / "job.sh").write_text(script)
+    write_sbatch_script(coco, 2, work, tmp_path / "job.sh")
     submitted = cluster.cmd("sbatch", "--parsable", "--chdir", str(tmp_path), str(tmp_path / "job.sh"))
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
