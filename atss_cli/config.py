@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from atss_cli.errors import AtssError
+from atss_cli.errors import AtssError, param
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _parse(name: str, raw: str):
             return values
     except ValueError:
         pass
-    raise AtssError(f"--set {name}={raw}: not a valid {getattr(hint, '__name__', hint)}")
+    raise AtssError(f"{param('set')} {name}={raw}: not a valid {getattr(hint, '__name__', hint)}")
 
 
 def apply_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
@@ -123,11 +123,11 @@ def apply_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
     changes = {}
     for pair in pairs:
         if "=" not in pair:
-            raise AtssError(f"--set expects key=value, got {pair!r}")
+            raise AtssError(f"{param('set')} expects key=value, got {pair!r}")
         key, raw = pair.split("=", 1)
         key = key.strip().replace("-", "_")
         if key not in _FIELDS:
-            raise AtssError(f"--set {key}: no such config field (fields: {', '.join(sorted(_FIELDS))})")
+            raise AtssError(f"{param('set')} {key}: no such config field (fields: {', '.join(sorted(_FIELDS))})")
         changes[key] = _parse(key, raw)
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
@@ -158,8 +158,8 @@ def validate(cfg: TrainConfig) -> None:
     if not (0.0 < cfg.warmup_ratio <= 1.0):
         raise AtssError(f"warmup_ratio must be in (0, 1], got {cfg.warmup_ratio}")
     if cfg.from_scratch and (cfg.pretrained or cfg.load_from):
-        other = "--pretrained" if cfg.pretrained else "--load-from"
-        raise AtssError(f"--from-scratch and {other} contradict each other: give one")
+        other = param('pretrained') if cfg.pretrained else param('load_from')
+        raise AtssError(f"{param('from_scratch')} and {other} contradict each other: give one")
     if list(cfg.milestones) != sorted(cfg.milestones):
         raise AtssError(f"milestones must be increasing, got {cfg.milestones}")
 
@@ -168,20 +168,20 @@ def check_data_flags(cfg: TrainConfig) -> None:
     """One dataset form: --coco ROOT, or --train-ann FILE --train-images DIR (and optionally
     --val-ann FILE --val-images DIR); each JSON with its folder."""
     files = [(flag, getattr(cfg, name)) for flag, name in (
-        ("--train-ann", "train_ann"), ("--train-images", "train_images"),
-        ("--val-ann", "val_ann"), ("--val-images", "val_images"))]
+        (param('train_ann'), "train_ann"), (param('train_images'), "train_images"),
+        (param('val_ann'), "val_ann"), (param('val_images'), "val_images"))]
     given = [flag for flag, value in files if value]
     if cfg.coco and given:
-        raise AtssError(f"give either --coco ROOT or --train-ann/--train-images/--val-ann/--val-images, "
-                        f"not both (got --coco and {given[0]})")
-    for ann, images in (("--train-ann", "--train-images"), ("--val-ann", "--val-images")):
+        raise AtssError(f"give either {param('coco')} ROOT or {param('train_ann')}/{param('train_images')}/{param('val_ann')}/{param('val_images')}, "
+                        f"not both (got {param('coco')} and {given[0]})")
+    for ann, images in ((param('train_ann'), param('train_images')), (param('val_ann'), param('val_images'))):
         if ann in given and images not in given:
             raise AtssError(f"{ann} needs {images} DIR (the folder its file_name values are relative to)")
         if images in given and ann not in given:
             raise AtssError(f"{images} needs {ann} FILE (the COCO-format JSON of those images)")
-    if not cfg.coco and "--train-ann" not in given:
-        raise AtssError("give --coco ROOT, or --train-ann FILE --train-images DIR "
-                        "(and --val-ann FILE --val-images DIR to evaluate)")
+    if not cfg.coco and param('train_ann') not in given:
+        raise AtssError(f"give {param('coco')} ROOT, or {param('train_ann')} FILE {param('train_images')} DIR "
+                        f"(and {param('val_ann')} FILE {param('val_images')} DIR to evaluate)")
 
 
 def to_json(cfg: TrainConfig) -> str:

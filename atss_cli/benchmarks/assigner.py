@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from atss_cli import ops
-from atss_cli.benchmarks import cpu_name
+from atss_cli import environment as machine
 from atss_cli.ops import scenes
 
 DEFAULT_BATCHES = (2, 16)
@@ -104,15 +103,16 @@ def kernels_take_geometry() -> bool:
 def environment(settings: Settings) -> dict:
     """The facts a reader needs to compare numbers: versions, devices, threads, load."""
     cuda = torch.cuda.is_available()
+    known = machine.versions()
     env = {
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "cpu": cpu_name(),
+        "torch": known["torch"],
+        "torch_cuda": known["cuda"],
+        "python": known["python"],
+        "cpu": machine.cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "load_average": machine.load_average(2),
+        "gpu": machine.device_name("cuda:0") if cuda else None,
         "extension": ops.extension.describe(),
         "extension_build": ops.extension.build_info(),
         "geometry_in_kernels": kernels_take_geometry(),

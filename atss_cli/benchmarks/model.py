@@ -15,14 +15,12 @@ input, which the PyTorch row gets already normalised.
 
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from atss_cli.benchmarks import cpu_name
 
 MODES = ("forward", "train", "predict")
 BACKENDS = ("torch", "onnxruntime")
@@ -60,20 +58,16 @@ class ModelBenchRow:
 def environment(devices: Sequence[str] = ()) -> dict:
     """Versions and devices, for the header of the report."""
     import torch
-    import torchvision
 
-    env = {"torch": torch.__version__, "torchvision": torchvision.__version__,
-           "cuda": torch.version.cuda, "python": platform.python_version(),
-           "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-           "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-           "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-           "devices": {}}
-    for d in devices:
-        if d.startswith("cuda"):
-            env["devices"][d] = torch.cuda.get_device_name(torch.device(d))
-        else:
-            env["devices"][d] = cpu_name()
+    from atss_cli import environment as machine
+
+    known = machine.versions()
+    env = {k: known[k] for k in ("torch", "torchvision", "cuda", "python")}
+    env.update({"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                "load_average": machine.load_average(),
+                "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+                "devices": {d: machine.device_name(d) for d in devices}})
     return env
 
 
@@ -81,12 +75,12 @@ def resolve_devices(device: str) -> list[str]:
     """"auto" -> cpu plus cuda when present; "cpu" / "cuda" as given (cuda must exist)."""
     import torch
 
-    from atss_cli.errors import AtssError
+    from atss_cli.errors import AtssError, param
 
     if device == "auto":
         return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AtssError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        raise AtssError(f"{param('device')} cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise AtssError(f"unknown device {device!r}; choose auto, cpu or cuda")
     return [device]
@@ -94,7 +88,7 @@ def resolve_devices(device: str) -> list[str]:
 
 def parse_size(text: str) -> tuple[int, int]:
     """"1333x800" -> (1333, 800) as (w, h)."""
-    from atss_cli.errors import AtssError
+    from atss_cli.errors import AtssError, param
 
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -170,14 +164,15 @@ def bench_model(*, devices: Sequence[str] = ("cpu",), sizes: Sequence[tuple[int,
     """
     import torch
 
-    from atss_cli.errors import AtssError
+    from atss_cli import precision
+    from atss_cli.errors import AtssError, param
     from atss_cli.model import build_atss, build_atss_preset, load_checkpoint
 
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise AtssError(f"unknown bench mode {bad[0]!r}; choose from {', '.join(MODES)}")
     if amp not in (None, "none", "bf16", "fp16"):
-        raise AtssError(f"--amp must be none, bf16 or fp16, got {amp!r}")
+        raise AtssError(f"{param('amp')} must be none, bf16 or fp16, got {amp!r}")
     amp = None if amp == "none" else amp
     if batch < 1 or repeats < 1 or warmup < 0:
         raise AtssError(f"batch and repeats must be >= 1 and warmup >= 0, got {batch}, {repeats}, {warmup}")
@@ -185,9 +180,9 @@ def bench_model(*, devices: Sequence[str] = ("cpu",), sizes: Sequence[tuple[int,
     if bad:
         raise AtssError(f"unknown backend {bad[0]!r}; choose from {', '.join(BACKENDS)}")
     if "onnxruntime" in backends and "predict" not in modes:
-        raise AtssError("--backend onnxruntime times predict only; add --mode predict")
+        raise AtssError(f"{param('backend')} onnxruntime times predict only; add {param('mode')} predict")
     if onnx is not None and "onnxruntime" not in backends:
-        raise AtssError("--onnx is for --backend onnxruntime")
+        raise AtssError(f"{param('onnx')} is for {param('backend')} onnxruntime")
     if threads is not None:
         torch.set_num_threads(threads)
     rows: list[ModelBenchRow] = []
@@ -213,8 +208,7 @@ def bench_model(*, devices: Sequence[str] = ("cpu",), sizes: Sequence[tuple[int,
         if channels_last:
             model.to(memory_format=torch.channels_last)
         sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-        autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16,
-                                           enabled=amp is not None))
+        autocast = (lambda: precision.autocast(dev, amp))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
         scaler = torch.amp.GradScaler(dev.type, enabled=(amp == "fp16" and dev.type == "cuda"))
@@ -285,7 +279,7 @@ def _build_model(depth: int, preset: str | None, num_classes: int, checkpoint: s
 
 
 def onnx_session(path_or_bytes, threads: int):
-    """An ONNX Runtime CPU session as `atss predict --onnx` makes one (atss_cli.export.runtime),
+    """An ONNX Runtime CPU session as `atss predict --onnx` makes one (atss_cli.inference.onnx_runtime),
     with `threads` intra-op threads."""
     import onnxruntime as ort
 
@@ -304,15 +298,15 @@ def bench_onnxruntime(*, sizes, batch: int, depth: int, preset: str | None, repe
     """Predict rows on ONNX Runtime (CPU): the `atss export` graph on a uint8 padded batch."""
     import numpy as np
 
-    from atss_cli.errors import AtssError
-    from atss_cli.export.runtime import read_metadata
+    from atss_cli.errors import AtssError, param
+    from atss_cli.inference.onnx_runtime import read_metadata
 
     if onnx is not None:
         try:
             session = onnx_session(onnx, threads)
         except Exception as exc:  # noqa: BLE001 - ORT's own exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise AtssError(f"--onnx {onnx}: ONNX Runtime cannot load it: {first}") from None
+            raise AtssError(f"{param('onnx')} {onnx}: ONNX Runtime cannot load it: {first}") from None
         meta = read_metadata(session)
         model_depth = int((meta.get("model") or {}).get("depth", 50))
     else:

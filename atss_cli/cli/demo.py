@@ -22,8 +22,8 @@ def demo_command(
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Run the short assigner benchmark.")] = True,
 ) -> None:
     """Generate a dataset, train a small ATSS on the CPU, evaluate it, draw predictions."""
-    from atss_cli.cli.reporting import ConsoleReporter
-    from atss_cli.engine.demo import DEMO_EPOCHS, run_demo
+    from atss_cli.terminal import ConsoleReporter
+    from atss_cli.demo import DEMO_EPOCHS, run_demo
 
     reporter = ConsoleReporter(log_interval=10)
     result = run_demo(out, reporter, train_images=num_train, val_images=num_val, epochs=epochs or DEMO_EPOCHS,

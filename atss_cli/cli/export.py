@@ -34,13 +34,13 @@ def export_command(
     stacked_convs: StackedConvs = None,
 ) -> None:
     """Export a detector to ONNX (opset 17): uint8 resized images in, final detections out."""
-    from atss_cli.engine.inference import parse_scale
+    from atss_cli.inference.checkpoint import parse_scale
     from atss_cli.export.onnx_export import check_out_path, export_onnx
 
     check_out_path(out)
     categories = None
     if ann is not None:
-        from atss_cli.engine.predict import ann_categories
+        from atss_cli.data.categories import ann_categories
 
         categories = ann_categories(ann)
     meta = export_onnx(checkpoint, out, scale=parse_scale(scale), score_thr=score_thr, categories=categories,

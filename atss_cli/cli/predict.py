@@ -45,8 +45,8 @@ def predict_command(
                                                    help="--onnx: ONNX Runtime threads (default: all cores).")] = None,
 ) -> None:
     """Detect objects in images; write the pictures with boxes and a detections JSON."""
-    from atss_cli.engine.inference import parse_scale
-    from atss_cli.engine.predict import predict_checkpoint
+    from atss_cli.inference.checkpoint import parse_scale
+    from atss_cli.inference.predict import predict_checkpoint
 
     scale_wh = parse_scale(scale)
     if (checkpoint is None) == (onnx is None):

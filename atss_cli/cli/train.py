@@ -1,13 +1,16 @@
-"""`atss train`: the 1x recipe on one process or many (torchrun), resumable."""
+"""`atss train`: the 1x recipe on one process or many (torchrun), resumable.
+
+The flags become a TrainConfig and a Processes; atss_cli.launch.training.run_training does the rest."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from atss_cli.cli.common import Amp, Device, fail, process_plan
+from atss_cli.cli.common import Amp, Device, warning
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -68,16 +71,9 @@ def train_command(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field: key=value.")] = None,
 ) -> None:
     """Train ATSS (default: R50-FPN, 1x schedule, total batch 16)."""
-    import os
-
-    from atss_cli.cli.common import debug_enabled
-
-    if not debug_enabled():
-        # c10d's C++ side logs every retried connection with a stack trace, before torch is
-        # imported or never: our one-line errors say what failed (ATSS_DEBUG=1 shows it all).
-        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
-    from atss_cli.cli.reporting import ConsoleReporter
-    from atss_cli.config import TrainConfig, apply_overrides, check_data_flags, to_json, validate
+    from atss_cli.config import TrainConfig, apply_overrides
+    from atss_cli.launch.plan import Processes
+    from atss_cli.launch.training import run_training, sbatch_for
 
     flags = {"work_dir": str(work_dir)}
     for name, path in (("coco", coco), ("train_ann", train_ann), ("train_images", train_images),
@@ -98,117 +94,24 @@ def train_command(
         flags["load_from"] = str(load_from)
     if from_scratch:
         flags["from_scratch"] = True
+    processes = Processes(gpus=gpus, nproc=nproc, device=device.value, nnodes=nnodes, node_rank=node_rank,
+                          master_addr=master_addr, master_port=master_port, max_restarts=max_restarts,
+                          dist_timeout=dist_timeout, join_timeout=join_timeout)
 
     if print_sbatch:
-        _print_sbatch(nnodes, gpus, time_limit, str(work_dir))
+        argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else []
+        typer.echo(sbatch_for(argv, processes, time_limit=time_limit, work_dir=str(work_dir)), nl=False)
         return
-
-    from atss_cli.engine import slurm
-    from atss_cli.engine.distributed import ENV_JOIN_TIMEOUT, ENV_TIMEOUT
-
-    os.environ[ENV_TIMEOUT] = f"{dist_timeout:g}"  # read by every process (torchrun passes it on)
-    os.environ[ENV_JOIN_TIMEOUT] = f"{join_timeout:g}"
-    place = None
-    if nnodes == 1 and node_rank == 0 and master_port == 0 and master_addr == "127.0.0.1":
-        place = slurm.place()  # under srun, SLURM says where this task stands
-    if place is not None and place.per_task:
-        if gpus is not None or nproc != 1:
-            fail(f"under srun with {place.world_tasks} tasks on {place.nnodes} node(s) each task is one "
-                 "training process: drop --gpus/--nproc (or run one task per node)")
-        procs, flags["device"] = 1, process_plan(None, 1, device)[1]
-    else:
-        procs, flags["device"] = process_plan(gpus, nproc, device)
-    if place is not None and not place.per_task and place.nnodes > 1:
-        nnodes, node_rank, master_addr, master_port = (place.nnodes, place.node_rank, place.master_addr,
-                                                       place.master_port)
-
     cfg = apply_overrides(TrainConfig().replace(**flags), set_ or [])
-    validate(cfg)
-    check_data_flags(cfg)
-    _check_files(cfg)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.train_ann and not cfg.val_ann and cfg.eval_interval and (place is None or place.rank == 0):
-        # Training goes on (a custom set may have no labelled val split), but not silently.
-        typer.echo("warning: --train-ann without --val-ann: no evaluation during training; give --val-ann FILE "
-                   "--val-images DIR to evaluate, or --eval-interval 0 to say you mean it", err=True)
-
-    if place is not None and place.per_task:
-        _run_slurm_task(cfg, place, resume)
-        return
-
-    if procs == 1 and nnodes == 1:
-        from atss_cli.engine.train import train
-
-        summary = train(cfg, ConsoleReporter(cfg.log_interval), resume=resume)
-        _print_summary(summary)
-        return
-
-    from atss_cli.atomic import atomic_write_text
-    from atss_cli.engine.distributed import launch
-
-    request = work_dir / "launch_config.json"
-    atomic_write_text(request, to_json(cfg) + "\n")
-    args = ["--config", str(request)] + ([] if resume else ["--no-resume"])
-    launch("atss_cli.cli.train_worker", args, nproc=procs, nnodes=nnodes, node_rank=node_rank,
-           master_addr=master_addr, master_port=master_port, max_restarts=max_restarts,
-           join_timeout=join_timeout, work_dir=str(work_dir))
-    typer.echo(f"done: checkpoints and logs in {work_dir}")
-
-
-def _run_slurm_task(cfg, place, resume: bool) -> None:
-    """This srun task is one training process: SLURM's ids become torch.distributed's."""
-    import os
-
-    from atss_cli.cli.train_worker import run_rank
-
-    os.environ.update(RANK=str(place.rank), WORLD_SIZE=str(place.world_tasks), LOCAL_RANK=str(place.local_rank),
-                      LOCAL_WORLD_SIZE=str(place.local_tasks), GROUP_RANK=str(place.node_rank),
-                      MASTER_ADDR=place.master_addr, MASTER_PORT=str(place.master_port))
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(place.local_tasks, 1))))
-    code, summary = run_rank(lambda: cfg, resume=resume)
-    if code:
-        from atss_cli.cli.train_worker import leave
-
-        leave(code)
-    if place.rank == 0 and not summary.get("preempted"):
-        typer.echo(f"done: checkpoints and logs in {cfg.work_dir}")
-
-
-def _print_sbatch(nnodes: int, gpus: int | None, time_limit: str, work_dir: str) -> None:
-    """The sbatch script for this very command, less the flags SLURM now supplies."""
-    import sys
-
-    from atss_cli.engine.slurm import sbatch_script
-
-    argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else []
-    drop_value = {"--print-sbatch": 0, "--time": 1, "--nnodes": 1, "--gpus": 1, "--node-rank": 1,
-                  "--master-addr": 1, "--master-port": 1, "--nproc": 1}
-    kept, i = [], 0
-    while i < len(argv):
-        name = argv[i].split("=", 1)[0]
-        if name in drop_value:
-            i += 1 + (drop_value[name] if "=" not in argv[i] else 0)
-            continue
-        kept.append(argv[i])
-        i += 1
-    typer.echo(sbatch_script(kept, nodes=nnodes, gpus_per_node=gpus or 1, time_limit=time_limit,
-                             work_dir=work_dir), nl=False)
-
-
-def _check_files(cfg) -> None:
-    """The JSONs and folders exist, before any model or process is started."""
-    from atss_cli.data.cache import check_ann
-
-    for ann, images in ((cfg.train_ann, cfg.train_images), (cfg.val_ann, cfg.val_images)):
-        if ann:
-            check_ann(Path(ann), Path(images))
-
-
-def _print_summary(summary: dict) -> None:
-    if summary.get("preempted"):
-        return  # the reporter said where it stopped and what was requeued
-    metrics = summary.get("metrics") or {}
-    line = f"done: {summary['iteration']} iterations, checkpoints and logs in {summary['work_dir']}"
-    if "mAP" in metrics:
-        line += f"; mAP@[.5:.95]={metrics['mAP']:.4f} mAP@0.5={metrics.get('mAP_50', float('nan')):.4f}"
-    typer.echo(line)
+    result = run_training(cfg, processes, resume=resume, warn=warning)
+    summary = result.get("summary") or {}
+    if result["mode"] == "torchrun" or (result["mode"] == "srun" and result["rank"] == 0
+                                        and not summary.get("preempted")):
+        typer.echo(f"done: checkpoints and logs in {result['work_dir']}")
+    elif result["mode"] == "process" and not summary.get("preempted"):
+        # (a preempted run's reporter said where it stopped and what was requeued)
+        metrics = summary.get("metrics") or {}
+        line = f"done: {summary['iteration']} iterations, checkpoints and logs in {summary['work_dir']}"
+        if "mAP" in metrics:
+            line += f"; mAP@[.5:.95]={metrics['mAP']:.4f} mAP@0.5={metrics.get('mAP_50', float('nan')):.4f}"
+        typer.echo(line)

@@ -36,7 +36,7 @@ import numpy as np
 
 from atss_cli.atomic import atomic_write_text, make_temp_dir
 from atss_cli.data.coco import MIN_TRAIN_SIDE, ParsedSplit, load_json, parse_coco
-from atss_cli.errors import AtssError
+from atss_cli.errors import AtssError, param
 
 FORMAT = 1
 CACHE_DIRNAME = ".atss_cache"
@@ -384,8 +384,8 @@ def open_dataset(*, coco: Path | None = None, split: str | None = None, ann: Pat
     """`load_split(coco, split)` or `load_ann(ann, images)`, whichever the options name (one of them)."""
     if coco is not None:
         if ann is not None or images is not None:
-            raise AtssError("give either --coco ROOT or --ann FILE --images DIR, not both")
+            raise AtssError(f"give either {param('coco')} ROOT or {param('ann')} FILE {param('images')} DIR, not both")
         return load_split(Path(coco), split or "val2017", cache_dir)
     if ann is None or images is None:
-        raise AtssError("give --coco ROOT, or both --ann FILE and --images DIR")
+        raise AtssError(f"give {param('coco')} ROOT, or both {param('ann')} FILE and {param('images')} DIR")
     return load_ann(Path(ann), Path(images), cache_dir)

@@ -66,6 +66,9 @@ class ParsedSplit:
     box_offsets: np.ndarray      # int64 [N + 1]: image i owns boxes[box_offsets[i]:box_offsets[i+1]]
     categories: list[dict]       # [{"id", "name"}] in label order
     stats: dict = field(default_factory=dict)
+    # Each rule's bool [A] mask over the JSON's annotations, in file order (whatever rule came
+    # first): what the evaluation's ground truth leaves out is decided by the same rules.
+    rule_masks: dict[str, np.ndarray] = field(default_factory=dict)
 
     def file_names(self) -> list[str]:
         blob = self.names_blob.tobytes()
@@ -291,9 +294,9 @@ def parse_coco(path: Path, data) -> ParsedSplit:
         duplicate[:] = True
         duplicate[first] = False
         duplicate &= ann_ids != -1
+    masks = (~known_image, duplicate, ignore, ~finite, negative, no_overlap, degenerate, ~known_cat)
     reason = np.full(k, -1, dtype=np.int8)
-    for r, mask in enumerate((~known_image, duplicate, ignore, ~finite, negative, no_overlap, degenerate,
-                              ~known_cat)):
+    for r, mask in enumerate(masks):
         reason[(reason < 0) & mask] = r
     usable = reason < 0
     skipped = {name: int((reason == r).sum()) for r, name in enumerate(SKIP_REASONS)}
@@ -332,4 +335,5 @@ def parse_coco(path: Path, data) -> ParsedSplit:
     return ParsedSplit(image_ids=image_ids, heights=heights, widths=widths, names_blob=names_blob,
                        name_offsets=name_offsets, has_known_ann=has_known_ann, boxes=xyxy,
                        labels=labels_all[order], crowd=crowd_kept, ann_ids=ann_ids[order],
-                       box_offsets=box_offsets, categories=categories, stats=stats)
+                       box_offsets=box_offsets, categories=categories, stats=stats,
+                       rule_masks=dict(zip(SKIP_REASONS, masks)))

@@ -25,6 +25,7 @@ names into PNG files, so a user sees at a glance that the annotations were read 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from pathlib import Path
 from atss_cli.atomic import atomic_write_text
 from atss_cli.data.cache import (CocoCache, check_split, ensure_ann_cache, ensure_cache, resolve_ann_cache_root,
                                  resolve_cache_root)
-from atss_cli.errors import AtssError
+from atss_cli.errors import AtssError, param
 
 _EXAMPLES = 10
 
@@ -199,10 +200,10 @@ def draw_training_images(cache: CocoCache, n: int, out_dir: Path) -> dict:
 
     from atss_cli.atomic import atomic_write_bytes
     from atss_cli.data.transforms import DecodeError, bgr_to_rgb_tensor, read_image
-    from atss_cli.engine.draw import draw_boxes, encode_png
+    from atss_cli.drawing import draw_boxes, encode_png
 
     if n < 0:
-        raise AtssError(f"--draw must be >= 0, got {n}")
+        raise AtssError(f"{param('draw')} must be >= 0, got {n}")
     indices = cache.train_indices()
     if n < len(indices):
         indices = indices[np.linspace(0, len(indices) - 1, n).round().astype(np.int64)] if n else indices[:0]
@@ -224,3 +225,140 @@ def draw_training_images(cache: CocoCache, n: int, out_dir: Path) -> dict:
         atomic_write_bytes(path, encode_png(picture))
         files.append(str(path))
     return {"folder": str(out_dir), "files": files, "unreadable": unreadable}
+
+
+# ----------------------------------------------------------------------------- `atss prepare`
+
+DEFAULT_SPLITS = "train2017,val2017"
+
+
+def prepare_dataset(*, coco: Path | None = None, synthetic: Path | None = None, train_ann: Path | None = None,
+                    train_images: Path | None = None, val_ann: Path | None = None, val_images: Path | None = None,
+                    splits: str | None = None, out: Path | None = None, check_images: bool = False, draw: int = 0,
+                    workers: int = 2, num_train: int = 400, num_val: int = 50, seed: int = 0, size: int = 320,
+                    progress_bar: Callable | None = None, on_generated: Callable[[dict], None] | None = None) -> dict:
+    """`atss prepare` as a function: one dataset form (a COCO folder, a synthetic dataset to
+    generate first, or COCO-format JSONs with their image folders), each split checked and
+    cached, optionally `draw` training images drawn. Returns {"splits": [report...], "absent":
+    [...], "coco"?, "synthetic"?, "drawn"?}. `progress_bar(description)`, when given, is a
+    context manager yielding a progress(done, total) callable (or None) for image decoding;
+    `on_generated(summary)` is called once a synthetic dataset is there, before it is prepared."""
+    files_given = any(v is not None for v in (train_ann, train_images, val_ann, val_images))
+    if synthetic is not None and files_given:
+        raise AtssError(f"{param('train_ann')}/{param('train_images')}/{param('val_ann')}/{param('val_images')} name "
+                        f"your dataset's files; with {param('synthetic')} give the image counts as "
+                        f"{param('num_train')} N and {param('num_val')} N")
+    if sum((coco is not None, synthetic is not None, files_given)) != 1:
+        raise AtssError(f"give exactly one of {param('coco')} PATH, {param('synthetic')} DIR, or {param('train_ann')} "
+                        f"FILE {param('train_images')} DIR and/or {param('val_ann')} FILE {param('val_images')} DIR")
+    if files_given and splits is not None:
+        raise AtssError(f"{param('splits')} is for {param('coco')}; with {param('train_ann')}/{param('val_ann')} "
+                        "the splits are train and val")
+    split_list = None if splits is None else [s.strip() for s in splits.split(",") if s.strip()]
+    result: dict = {}
+    if files_given:
+        result.update(run_prepare_files(file_pairs(train_ann, train_images, val_ann, val_images), out=out,
+                                        check_images=check_images, workers=workers, progress_bar=progress_bar))
+    else:
+        if synthetic is not None:
+            from atss_cli.data.synthetic import generate_synthetic
+
+            result["synthetic"] = generate_synthetic(synthetic, train_images=num_train, val_images=num_val,
+                                                     seed=seed, size=size)
+            if on_generated is not None:
+                on_generated(result["synthetic"])
+            coco = synthetic
+        result.update(run_prepare(coco, split_list, out=out, check_images=check_images, workers=workers,
+                                  progress_bar=progress_bar))
+    if draw:
+        draw_first_split(result, draw, out)
+    return result
+
+
+@contextlib.contextmanager
+def _progress(progress_bar, description: str, enabled: bool):
+    if progress_bar is None or not enabled:
+        yield None
+        return
+    with progress_bar(description) as progress:
+        yield progress
+
+
+def run_prepare(coco: Path, splits: list[str] | None = None, out: Path | None = None, check_images: bool = False,
+                workers: int = 2, progress_bar=None) -> dict:
+    """Prepare each split of `coco`; {"coco", "splits": [report...], "absent": [...]}.
+
+    With `splits` None the default splits are tried and those without an annotation file are
+    listed as absent (a dataset with only val2017 is fine); an explicit split must exist.
+    """
+    from atss_cli.data.cache import ann_file_for
+
+    coco = Path(coco)
+    explicit = splits is not None
+    names = splits if explicit else DEFAULT_SPLITS.split(",")
+    if not names:
+        raise AtssError(f"{param('splits')} is empty; give split names such as train2017,val2017")
+    if workers < 1:
+        raise AtssError(f"{param('workers')} must be >= 1, got {workers}")
+    present, absent = [], []
+    for split in names:
+        if not explicit and coco.is_dir() and not ann_file_for(coco, split).exists():
+            absent.append(split)
+            continue
+        check_split(coco, split)  # before any work: a missing piece stops with one line
+        present.append(split)
+    if not present:
+        from atss_cli.data.layouts import recognise
+
+        layout = recognise(coco)
+        if layout is not None:
+            raise AtssError(f"no COCO 2017 layout in {coco}: {layout.hint()}")
+        raise AtssError(f"no split of {', '.join(names)} in {coco}: expected annotations/instances_<split>.json "
+                        f"(pass {param('splits')} to name others)")
+    reports = []
+    for s in present:
+        with _progress(progress_bar, f"decoding {s}", check_images) as progress:
+            reports.append(prepare_split(coco, s, out_dir=out, check_images=check_images, workers=workers,
+                                         progress=progress))
+    return {"coco": str(coco), "splits": reports, "absent": absent}
+
+
+def run_prepare_files(pairs: list[tuple[str, Path, Path]], out: Path | None = None, check_images: bool = False,
+                      workers: int = 2, progress_bar=None) -> dict:
+    """Prepare each (name, annotation file, image folder); {"splits": [report...], "absent": []}."""
+    from atss_cli.data.cache import check_ann
+
+    if workers < 1:
+        raise AtssError(f"{param('workers')} must be >= 1, got {workers}")
+    for _, ann, images in pairs:
+        check_ann(ann, images)  # before any work: a missing piece stops with one line
+    reports = []
+    for name, ann, images in pairs:
+        with _progress(progress_bar, f"decoding {name}", check_images) as progress:
+            reports.append(prepare_ann(ann, images, out_dir=out, name=name, check_images=check_images,
+                                       workers=workers, progress=progress))
+    return {"splits": reports, "absent": []}
+
+
+def file_pairs(train_ann, train_images, val_ann, val_images) -> list[tuple[str, Path, Path]]:
+    pairs = []
+    for name, ann, images in (("train", train_ann, train_images), ("val", val_ann, val_images)):
+        if (ann is None) != (images is None):
+            given, wanted = (param(f"{name}_ann"), f"{param(f'{name}_images')} DIR") if images is None else \
+                (param(f"{name}_images"), f"{param(f'{name}_ann')} FILE")
+            raise AtssError(f"{given} needs {wanted} too")
+        if ann is not None:
+            pairs.append((name, Path(ann), Path(images)))
+    return pairs
+
+
+def draw_first_split(result: dict, n: int, out: Path | None) -> None:
+    """Draw `n` training images of the first split that has some into the output folder."""
+    for r in result["splits"]:
+        if r["training_images"] > 0:
+            split_dir = Path(r["cache"]["path"])
+            cache = CocoCache(split_dir, Path(r["image_dir"]), Path(r["ann_file"]))
+            folder = (Path(out) if out is not None else split_dir.parent) / "drawn" / r["split"]
+            result["drawn"] = {"split": r["split"], **draw_training_images(cache, n, folder)}
+            return
+    result["drawn"] = {"split": None, "folder": None, "files": [], "unreadable": []}

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from atss_cli.atomic import make_temp_dir
-from atss_cli.errors import AtssError
+from atss_cli.errors import AtssError, param
 
 CATEGORIES = [{"id": 1, "name": "rectangle", "supercategory": "shape"},
               {"id": 2, "name": "ellipse", "supercategory": "shape"},
@@ -264,9 +264,9 @@ def generate_synthetic(out_dir: Path, train_images: int = 400, val_images: int =
     params = {"version": VERSION, "train_images": int(train_images), "val_images": int(val_images),
               "seed": int(seed), "size": int(size)}
     if train_images < 0 or val_images < 0 or train_images + val_images == 0:
-        raise AtssError(f"need at least one image (got --num-train {train_images}, --num-val {val_images})")
+        raise AtssError(f"need at least one image (got {param('num_train')} {train_images}, {param('num_val')} {val_images})")
     if not 64 <= size <= 4096:
-        raise AtssError(f"--size must be between 64 and 4096 pixels, got {size}")
+        raise AtssError(f"{param('size')} must be between 64 and 4096 pixels, got {size}")
     marker = out / "synthetic.json"
     if out.exists():
         if not out.is_dir():

@@ -3,7 +3,7 @@ alone turns into final detections.
 
     export_onnx(checkpoint, out, *, scale=None, score_thr=None, model_overrides=None,
                 class_names=None, categories=None) -> dict
-        Builds the model as `atss predict` does (atss_cli.engine.inference), exports the network
+        Builds the model as `atss predict` does (atss_cli.inference.checkpoint), exports the network
         with torch.onnx.export, appends the post-processing (atss_cli.export.postprocess), stores
         the metadata, runs onnx.checker and writes the file atomically. Returns the metadata.
 
@@ -35,7 +35,7 @@ import os
 import warnings
 from pathlib import Path
 
-from atss_cli.errors import AtssError
+from atss_cli.errors import AtssError, param
 
 # ONNX Runtime, TensorRT (8.6 and 10.x: opsets up to 17 and beyond) and OpenVINO (2023+) all take
 # opset 17; everything used here (TopK, NonMaxSuppression, GatherND batch_dims, ScatterND) exists since 13.
@@ -135,12 +135,12 @@ def check_out_path(out: str | Path) -> Path:
     """A one-line error now, before minutes of work, for a place the file cannot be written."""
     out = Path(out)
     if out.is_dir():
-        raise AtssError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
+        raise AtssError(f"{param('out')} {out} is a folder; give a file name such as {out / 'model.onnx'}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise AtssError(f"--out {out}: folder {parent} does not exist")
+        raise AtssError(f"{param('out')} {out}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise AtssError(f"--out {out}: folder {parent} is not writable")
+        raise AtssError(f"{param('out')} {out}: folder {parent} is not writable")
     return out
 
 
@@ -151,34 +151,29 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, scale: tuple[int, in
     model's pre-NMS threshold (0.05) inside the graph; `scale` the test scale stored for the
     runtime's resize (default: checkpoint config, else 1333x800)."""
     from atss_cli.atomic import atomic_write_bytes
-    from atss_cli.engine.coco_results import load_coco_categories
-    from atss_cli.engine.inference import DEFAULT_SCALE, build_inference_model, model_fields, read_checkpoint_info
-    from atss_cli.engine.predict import class_names_for
+    from atss_cli.data.categories import load_coco_categories
+    from atss_cli.inference.checkpoint import load_detector
 
     out = check_out_path(out)
-    info = read_checkpoint_info(checkpoint)
-    if info.num_classes is None:
-        raise AtssError(f"{checkpoint} has no bbox_head.atss_cls.weight: not an ATSS detector checkpoint")
-    model = build_inference_model(checkpoint, num_classes=info.num_classes, device="cpu",
-                                  overrides=model_overrides, info=info)
+    loaded = load_detector(checkpoint, device="cpu", overrides=model_overrides, scale=scale)
+    model, info = loaded.model, loaded.info
     if score_thr is not None:
         if not 0.0 <= score_thr < 1.0:
-            raise AtssError(f"--score-thr must be in [0, 1), got {score_thr}")
+            raise AtssError(f"{param('score_thr')} must be in [0, 1), got {score_thr}")
         model.score_thr = float(score_thr)
     if categories is not None and len(categories) != info.num_classes:
         raise AtssError(f"{len(categories)} categories given but {Path(checkpoint).name} predicts "
                         f"{info.num_classes} classes")
     if categories is None:
-        if info.categories and len(info.categories) == info.num_classes:
-            categories = info.categories
+        if loaded.categories is not None:
+            categories = loaded.categories
         else:
-            names = class_names or class_names_for(info.num_classes, checkpoint_names=info.class_names)
+            names = class_names or loaded.class_names
             coco = load_coco_categories()
             ids = [c["id"] for c in coco] if info.num_classes == len(coco) else list(range(info.num_classes))
             categories = [{"id": i, "name": n} for i, n in zip(ids, names)]
-    use_scale = tuple(scale) if scale else (info.scale or DEFAULT_SCALE)
-    metadata = export_metadata(model, categories=categories, scale=use_scale, source=Path(checkpoint).name,
-                               model_fields=model_fields(info, model_overrides) or {"depth": 50})
+    metadata = export_metadata(model, categories=categories, scale=loaded.scale, source=Path(checkpoint).name,
+                               model_fields=loaded.fields or {"depth": 50})
     proto = build_onnx(model, metadata=metadata)
     try:
         atomic_write_bytes(out, proto.SerializeToString())

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from atss_cli.errors import AtssError
+from atss_cli.errors import AtssError, param
 
 # torchvision's IMAGENET1K_V1 ResNet files (what SPEC.md's recipe starts from), by depth. The 8
 # hex digits in each name are the start of the file's sha256 (torchvision checks them on download).
@@ -226,7 +226,7 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], report: LoadRe
             continue
         to_load[k] = src
     if mismatched:
-        hint = ("; pass skip_mismatched=True (--load-from fine-tuning) to start the class conv afresh"
+        hint = (f"; pass skip_mismatched=True ({param('load_from')} fine-tuning) to start the class conv afresh"
                 if all(m.startswith(_CLS_PREFIX) for m in mismatched) else "")
         raise AtssError(f"{report.path} does not fit the {what}: {_preview(mismatched, 3)}{hint}")
     with torch.no_grad():

@@ -64,6 +64,18 @@ class ATSS(nn.Module):
             raise AtssError(f"images must be [B, 3, H, W], got shape {list(images.shape)}")
         return self.bbox_head(self.neck(self.backbone(images)))
 
+    def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(h, w) of each FPN level's feature map for a padded [H, W] input, without running the
+        network: every stride-2 layer of the ResNet (stem conv, max pool, the first conv of
+        layer2-4) and of the FPN's extra convs has kernel 3 or 7 with padding 1 or 3, so each
+        gives ceil(size / 2); the first level is after three of them."""
+        sizes, h, w = [], int(height), int(width)
+        for level in range(3 + len(self.anchor_generator.strides) - 1):
+            h, w = (h + 1) // 2, (w + 1) // 2
+            if level >= 2:
+                sizes.append((h, w))
+        return sizes
+
     # ---- training ---------------------------------------------------------------------------
     def loss(self, images: torch.Tensor, targets: Sequence[dict]) -> dict[str, torch.Tensor]:
         if len(targets) != images.shape[0]:

@@ -25,14 +25,15 @@ from typing import Protocol
 import torch
 
 from atss_cli.config import TrainConfig
-from atss_cli.engine import distributed
-from atss_cli.engine.device import resolve_device
-from atss_cli.engine.preemption import StopRequest, request_requeue, slurm_job_id
-from atss_cli.engine.pretrained import find_pretrained, pretrained_weights
-from atss_cli.engine.run_log import Throughput
-from atss_cli.engine.train_setup import TrainRun, prepare_run
-from atss_cli.engine.train_state import Position, save_checkpoint
-from atss_cli.engine.train_step import IterationResult, NonFiniteLoss, train_iteration
+from atss_cli.distributed import group as distributed
+from atss_cli.device import resolve_device
+from atss_cli.training.preemption import StopRequest, request_requeue, slurm_job_id
+from atss_cli.training.pretrained import find_pretrained, pretrained_weights
+from atss_cli.training.run_log import Throughput
+from atss_cli.training.run import Position, TrainRun
+from atss_cli.training.setup import prepare_run
+from atss_cli.training.state import save_checkpoint
+from atss_cli.training.step import IterationResult, NonFiniteLoss, train_iteration
 from atss_cli.errors import AtssError
 
 __all__ = ["Reporter", "SilentReporter", "TrainingInterrupted", "NonFiniteLoss", "train",
@@ -197,7 +198,7 @@ def _evaluation_cut_short(run: TrainRun, pos: Position, reporter: Reporter) -> d
 
 def _evaluate(run: TrainRun, pos: Position, reporter: Reporter) -> dict:
     """Evaluate the model after epoch `pos.epoch` (every rank takes part); one "val" record."""
-    from atss_cli.engine.evaluate import evaluate
+    from atss_cli.evaluation.evaluate import evaluate
 
     cfg = run.cfg
     run.model.eval()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from atss_cli.errors import AtssError
+from atss_cli.errors import AtssError, param
 
 
 def resolve_device(name: str, local_rank: int | None = None):
@@ -18,9 +18,9 @@ def resolve_device(name: str, local_rank: int | None = None):
     except (RuntimeError, ValueError):
         raise AtssError(f"unknown device {name!r}; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise AtssError("--device cuda but no CUDA device is available; use --device cpu")
+        raise AtssError(f"{param('device')} cuda but no CUDA device is available; use {param('device')} cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise AtssError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices")
+        raise AtssError(f"{param('device')} {name}: only {torch.cuda.device_count()} CUDA devices")
     if device.type == "cuda" and device.index is None and local_rank is not None:
         device = torch.device("cuda", local_rank)
     if device.type not in ("cpu", "cuda"):

@@ -13,6 +13,12 @@
         (so an MMDetection ATSS checkpoint loads as it is); then `load_checkpoint`, eval mode,
         on `device`. A class-count mismatch between checkpoint and `num_classes` is an
         AtssError naming both.
+    load_detector(checkpoint, *, num_classes=None, device="cpu", overrides=None, scale=None,
+                  info=None) -> LoadedDetector
+        The one way a checkpoint becomes a detector (the API, predict, eval and export call
+        it): `build_inference_model` with the class count given (a dataset's) or the file's
+        own, plus the test scale (`scale`, else the checkpoint config's, else 1333x800), the
+        build fields used and the class names the file implies (`class_names_for`).
     parse_scale(text) -> (long, short)            "1333,800" or "1333x800"
 """
 
@@ -22,7 +28,7 @@ import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atss_cli.errors import AtssError
+from atss_cli.errors import AtssError, param
 
 MODEL_FIELDS = ("depth", "fpn_channels", "head_channels", "stacked_convs", "gn_groups")
 DEFAULT_SCALE = (1333, 800)
@@ -94,7 +100,7 @@ def parse_scale(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         values = ()
     if len(values) != 2 or min(values) < 32:
-        raise AtssError(f"--scale {text!r}: expected two integers >= 32 as LONG,SHORT, e.g. 1333,800")
+        raise AtssError(f"{param('scale')} {text!r}: expected two integers >= 32 as LONG,SHORT, e.g. 1333,800")
     return max(values), min(values)
 
 
@@ -130,3 +136,43 @@ def build_inference_model(checkpoint: str | Path, *, num_classes: int, device, o
         raise AtssError(f"checkpoint {info.path.name} does not fit the model ({kwargs or 'R50 defaults'}): "
                         f"{first}") from None
     return model.to(device).eval()
+
+
+@dataclass
+class LoadedDetector:
+    model: object                      # the ATSS nn.Module, eval mode, on the device asked for
+    info: CheckpointInfo               # what the file says
+    fields: dict                       # the build_atss keyword arguments used (flags > file > defaults)
+    scale: tuple[int, int]             # the test scale (long, short)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The file's names if it has one per class, else COCO's 80 for 80 classes, else "class N"."""
+        from atss_cli.data.categories import class_names_for
+
+        return class_names_for(self.num_classes, checkpoint_names=self.info.class_names)
+
+    @property
+    def categories(self) -> list[dict] | None:
+        """[{"id", "name"}] when the file holds one per class, else None."""
+        cats = self.info.categories
+        return cats if cats and len(cats) == self.num_classes else None
+
+
+def load_detector(checkpoint: str | Path, *, num_classes: int | None = None, device="cpu",
+                  overrides: dict | None = None, scale: tuple[int, int] | None = None,
+                  info: CheckpointInfo | None = None) -> LoadedDetector:
+    info = info or read_checkpoint_info(checkpoint)
+    if num_classes is None:
+        if info.num_classes is None:
+            raise AtssError(f"{checkpoint} has no {CLS_WEIGHT}: not an ATSS checkpoint")
+        num_classes = info.num_classes
+    model = build_inference_model(checkpoint, num_classes=num_classes, device=device, overrides=overrides,
+                                  info=info)
+    use_scale = tuple(scale) if scale else (info.scale or DEFAULT_SCALE)
+    return LoadedDetector(model=model, info=info, fields=model_fields(info, overrides),
+                          scale=(int(use_scale[0]), int(use_scale[1])))

@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from atss_cli.engine import distributed
-from atss_cli.errors import AtssError
+from atss_cli.distributed import group as distributed
+from atss_cli.errors import AtssError, param
 
 if TYPE_CHECKING:
-    from atss_cli.engine.preemption import StopRequest
-    from atss_cli.engine.train_setup import TrainRun
-    from atss_cli.engine.train_state import Position
+    from atss_cli.training.preemption import StopRequest
+    from atss_cli.training.run import Position, TrainRun
 
 
 class NonFiniteLoss(AtssError):
@@ -56,18 +55,6 @@ class LossModule(torch.nn.Module):
 LOSS_KEYS = ("loss_cls", "loss_bbox", "loss_centerness")
 
 
-def level_sizes(height: int, width: int, num_levels: int = 5) -> list[tuple[int, int]]:
-    """Feature-map sizes of P3..P7 for a padded [H, W] input: every stride-2 layer (stem conv,
-    max pool, the first conv of layer2-4, the FPN's extra convs; kernel 3 or 7, padding 1 or 3)
-    gives ceil(size / 2); P3 is after three of them."""
-    sizes, h, w = [], height, width
-    for level in range(3 + num_levels - 1):
-        h, w = (h + 1) // 2, (w + 1) // 2
-        if level >= 2:
-            sizes.append((h, w))
-    return sizes
-
-
 @torch.no_grad()
 def normaliser_sums(model, images: torch.Tensor, targets) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """What the ATSS loss divides by, summed over one micro-batch, before any forward pass (the
@@ -75,7 +62,7 @@ def normaliser_sums(model, images: torch.Tensor, targets) -> tuple[torch.Tensor,
     max(#positives, 1), sum of the positives' centerness targets), and the feature sizes used."""
     from atss_cli.model.loss import loss_normalisers
 
-    sizes = level_sizes(*images.shape[-2:], num_levels=len(model.anchor_generator.strides))
+    sizes = model.feature_sizes(*images.shape[-2:])
     anchors, assigned, gt_boxes, _ = model.assign(sizes, targets, images.device)
     return loss_normalisers(anchors, assigned, gt_boxes), sizes
 
@@ -156,7 +143,7 @@ def train_iteration(run: TrainRun, pos: Position, batches, stop: StopRequest) ->
         raise NonFiniteLoss(
             f"non-finite loss at iteration {pos.iteration + 1} (cls {sums[0]:.4g}, bbox {sums[1]:.4g}, "
             f"centerness {sums[2]:.4g}); stopped, {run.latest} is the last good checkpoint "
-            "(try a lower --lr, a longer warmup, or --amp none)")
+            f"(try a lower {param('lr')}, a longer warmup, or {param('amp')} none)")
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)

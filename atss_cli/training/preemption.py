@@ -19,7 +19,7 @@ import threading
 
 import torch
 
-from atss_cli.engine import distributed
+from atss_cli.distributed import group as distributed
 from atss_cli.errors import AtssError
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)

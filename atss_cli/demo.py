@@ -55,7 +55,7 @@ def run_demo(out: Path, reporter, *, train_images: int, val_images: int, epochs:
     import torch
 
     from atss_cli.data import generate_synthetic, load_split
-    from atss_cli.engine.train import train
+    from atss_cli.training.train import train
 
     start = time.perf_counter()
     out = Path(out)
@@ -73,7 +73,7 @@ def run_demo(out: Path, reporter, *, train_images: int, val_images: int, epochs:
     summary = train(cfg, reporter, resume=False)
     metrics = summary["metrics"]
 
-    from atss_cli.engine.predict import predict_checkpoint
+    from atss_cli.inference.predict import predict_checkpoint
 
     images = [val.image_path(i) for i in range(min(4, val.num_images))]
     pred_dir = out / "predictions"

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from atss_cli.config import TrainConfig
-from atss_cli.errors import AtssError
+from atss_cli.errors import AtssError, param
 
 
 def find_pretrained(depth: int, explicit: str = "", hub_dir: str | Path | None = None) -> Path | None:
@@ -23,11 +23,11 @@ def find_pretrained(depth: int, explicit: str = "", hub_dir: str | Path | None =
         path = Path(explicit).expanduser()
         if path.is_dir():
             if not (path / want).is_file():
-                raise AtssError(f"--pretrained {explicit}: no {want} in that folder "
+                raise AtssError(f"{param('pretrained')} {explicit}: no {want} in that folder "
                                 f"(torchvision's IMAGENET1K_V1 ResNet-{depth}: {TORCHVISION_URL}{want})")
             path = path / want
         elif not path.is_file():
-            raise AtssError(f"--pretrained {explicit}: no such file")
+            raise AtssError(f"{param('pretrained')} {explicit}: no such file")
         check_imagenet_file(path, depth)
         return path
     hub = Path(hub_dir) if hub_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
@@ -38,8 +38,8 @@ def find_pretrained(depth: int, explicit: str = "", hub_dir: str | Path | None =
     others = sorted(hub.glob(f"resnet{depth}-*.pth")) if hub.is_dir() else []
     if others:
         raise AtssError(f"{others[0]} is not the recipe's ImageNet weights: put torchvision's IMAGENET1K_V1 "
-                        f"file {want} ({TORCHVISION_URL}{want}) in {hub} or give it with --pretrained, "
-                        "or train from random weights with --from-scratch")
+                        f"file {want} ({TORCHVISION_URL}{want}) in {hub} or give it with {param('pretrained')}, "
+                        f"or train from random weights with {param('from_scratch')}")
     return None
 
 
@@ -56,6 +56,6 @@ def pretrained_weights(cfg: TrainConfig, hub_dir: str | Path | None = None) -> P
         hub = Path(hub_dir) if hub_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
         want = imagenet_file_name(cfg.depth)
         raise AtssError(f"frozen_stages={cfg.frozen_stages} norm_eval={cfg.norm_eval} assume ImageNet weights: "
-                        f"put {want} ({TORCHVISION_URL}{want}) in {hub} or give it with --pretrained, "
-                        "or train from random weights with --from-scratch")
+                        f"put {want} ({TORCHVISION_URL}{want}) in {hub} or give it with {param('pretrained')}, "
+                        f"or train from random weights with {param('from_scratch')}")
     return path

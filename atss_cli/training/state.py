@@ -10,31 +10,21 @@ and meta. A resume restores exactly those; the data order follows from the sampl
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from atss_cli.config import TrainConfig
-from atss_cli.engine import checkpoint as ckpt_io
-from atss_cli.errors import AtssError
+from atss_cli.training import checkpoint as ckpt_io
+from atss_cli.training.run import Position, TrainRun
+from atss_cli.errors import AtssError, param
 
-if TYPE_CHECKING:
-    from atss_cli.engine.train_setup import TrainRun
 
 RUN_FILES = ("latest.pth", "config.json", "metrics.jsonl", "curves.png")
 ARCH_FIELDS = ("depth", "fpn_channels", "head_channels", "stacked_convs")
 # Fields a resume may change without a note: where things are, how much to log, how long to run.
 _FREE_TO_CHANGE = {"work_dir", "coco", "train_ann", "train_images", "val_ann", "val_images", "cache_dir", "workers",
                    "log_interval", "max_iters", "eval_interval", "pretrained", "load_from", "from_scratch", "device"}
-
-
-@dataclass
-class Position:
-    epoch: int = 0        # 0-based epoch in progress
-    step: int = 0         # micro-steps (loader batches) consumed in that epoch
-    iteration: int = 0    # optimizer steps taken in the whole run
 
 
 def save_checkpoint(run: TrainRun, pos: Position, *, epoch_file: bool, collective: bool = True) -> None:
@@ -96,11 +86,11 @@ def check_resumable(state: dict, cfg: TrainConfig, global_batch: int, latest: Pa
     for key in ARCH_FIELDS:
         if key in saved and saved[key] != getattr(cfg, key):
             raise AtssError(f"{latest} is a run with {key}={saved[key]}, this command asks {key}={getattr(cfg, key)}; "
-                            "use another --work-dir, or --no-resume to start afresh (the old run is kept)")
+                            f"use another {param('work_dir')}, or {param('no_resume')} to start afresh (the old run is kept)")
     if state["step"] > 0 and state.get("global_batch", global_batch) != global_batch:
         raise AtssError(f"{latest} stopped inside an epoch with {state['global_batch']} images per step; this "
-                        f"command has {global_batch} (processes x --batch-per-gpu): resume with the same "
-                        "layout, or start from its weights with --load-from in another --work-dir")
+                        f"command has {global_batch} (processes x {param('batch_per_gpu')}): resume with the same "
+                        f"layout, or start from its weights with {param('load_from')} in another {param('work_dir')}")
     return sorted(k for k, v in saved.items() if k not in _FREE_TO_CHANGE and k in cfg.to_dict()
                   and _plain(v) != _plain(getattr(cfg, k)))
 
@@ -110,7 +100,7 @@ def check_categories(state: dict, categories: list[dict], latest: Path) -> None:
     if saved is not None and list(saved) != list(categories):
         diff = category_diff(saved, categories, ("run only", "data only"))
         raise AtssError(f"{latest} is a run on other categories ({diff}); "
-                        "use another --work-dir, or --no-resume to start afresh (the old run is kept)")
+                        f"use another {param('work_dir')}, or {param('no_resume')} to start afresh (the old run is kept)")
 
 
 def category_diff(train: list[dict], val: list[dict], labels=("train only", "val only")) -> str:

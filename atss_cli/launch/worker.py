@@ -1,7 +1,11 @@
-"""What each torchrun process runs for `atss train --gpus N`: the same train() as one process.
+"""What each process started by torchrun runs: one rank of a training run or of an evaluation.
 
-Invoked as `python -m atss_cli.cli.train_worker --config FILE [--no-resume]`; errors print one
-line (prefixed with the rank) and exit non-zero, like the CLI.
+    python -m atss_cli.launch.worker --config FILE [--no-resume]    the same train() as one process
+    python -m atss_cli.launch.worker --eval FILE                    one rank of `atss eval`
+
+FILE is the request the launching process wrote (training.py, evaluation.py); nothing is
+handed over on the command line. Errors print one line (prefixed with the rank) and exit
+non-zero, like the CLI; rank 0 reports.
 """
 
 from __future__ import annotations
@@ -12,10 +16,14 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="atss-train-worker")
-    parser.add_argument("--config", required=True)
+    parser = argparse.ArgumentParser(prog="atss-worker")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config")
+    what.add_argument("--eval")
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args(argv)
+    if args.eval:
+        return evaluate_rank(args.eval)
 
     def load():
         from atss_cli.config import load_json
@@ -28,15 +36,15 @@ def main(argv: list[str] | None = None) -> int:
 def run_rank(load_config, *, resume: bool) -> tuple[int, dict]:
     """Train as the process RANK of WORLD_SIZE (from the environment): rank 0 reports, every
     rank that fails prints one line; returns the exit status and train()'s summary ({} on failure)."""
-    from atss_cli.cli.common import report_error
+    from atss_cli.terminal import report_error
 
     rank = int(os.environ.get("RANK", "0"))
     try:
-        from atss_cli.engine.train import SilentReporter, train
+        from atss_cli.training.train import SilentReporter, train
 
         cfg = load_config()
         if rank == 0:
-            from atss_cli.cli.reporting import ConsoleReporter
+            from atss_cli.terminal import ConsoleReporter
 
             reporter = ConsoleReporter(cfg.log_interval)
         else:
@@ -50,11 +58,39 @@ def run_rank(load_config, *, resume: bool) -> tuple[int, dict]:
         lost = peer_lost_line(exc, rank)
         if lost:
             print(lost, file=sys.stderr, flush=True)
-            from atss_cli.engine.heartbeat import EXIT_PEER_LOST
+            from atss_cli.distributed.heartbeat import EXIT_PEER_LOST
 
             return EXIT_PEER_LOST, {}
         return report_error(exc, prefix=f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""), {}
     return 0, summary or {}
+
+
+def evaluate_rank(request_file: str) -> int:
+    """Evaluate as the process RANK of WORLD_SIZE; rank 0 shows the progress and the table."""
+    from atss_cli import terminal
+
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        from atss_cli.launch.evaluation import EvalRequest, evaluate_as_rank
+
+        request = EvalRequest.from_json(request_file)
+        con = terminal.console()
+        progress, stop = terminal.progress_bar(con) if rank == 0 else (None, lambda: None)
+        try:
+            metrics = evaluate_as_rank(request, progress=progress)
+        finally:
+            stop()
+        if rank == 0:
+            terminal.print_metrics(con, metrics, title=request.title)
+            if request.json_out is not None:
+                print(f"metrics: {request.json_out}")
+    except BaseException as exc:  # noqa: BLE001 - one line per failing rank, never a traceback
+        if isinstance(exc, SystemExit):
+            raise
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        return terminal.report_error(exc)  # as `atss eval` itself says it, in every rank
+    return 0
 
 
 # What gloo, NCCL and the store say when a peer process or node is gone.
@@ -67,8 +103,8 @@ def peer_lost_line(exc: BaseException, rank: int) -> str:
     """One line when `exc` is a collective that failed because another rank died or went silent."""
     import torch.distributed as dist
 
-    from atss_cli.engine import heartbeat
-    from atss_cli.engine.distributed import dist_timeout
+    from atss_cli.distributed import heartbeat
+    from atss_cli.distributed.group import dist_timeout
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return ""

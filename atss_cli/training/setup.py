@@ -10,48 +10,23 @@ from it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from atss_cli.atomic import atomic_write_text
+from atss_cli import precision
 from atss_cli.config import TrainConfig
-from atss_cli.engine import checkpoint as ckpt_io
-from atss_cli.engine import distributed
-from atss_cli.engine.device import resolve_device
-from atss_cli.engine.pretrained import pretrained_weights
-from atss_cli.engine.run_log import RunLog
-from atss_cli.engine.schedule import BatchPlan, batch_note, plan_batches
-from atss_cli.engine.train_state import Position, archive_previous_run, category_diff, restore
-from atss_cli.engine.train_step import LossModule
+from atss_cli.training import checkpoint as ckpt_io
+from atss_cli.distributed import group as distributed
+from atss_cli.device import resolve_device
+from atss_cli.training.pretrained import pretrained_weights
+from atss_cli.training.run_log import RunLog
+from atss_cli.training.schedule import batch_note, plan_batches
+from atss_cli.training.run import Position, TrainRun
+from atss_cli.training.state import archive_previous_run, category_diff, restore
+from atss_cli.training.step import LossModule
 from atss_cli.errors import AtssError
-
-
-@dataclass
-class TrainRun:
-    cfg: TrainConfig
-    info: distributed.DistInfo
-    device: torch.device
-    work: Path
-    train_set: object
-    val_set: object | None
-    model: torch.nn.Module
-    loss_module: torch.nn.Module  # the model's loss, wrapped in DistributedDataParallel over processes
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
-    memory_format: torch.memory_format
-    loader: object
-    sampler: object
-    plan: BatchPlan
-    derived: dict                 # the facts config.json and the checkpoints record beside the config
-    log: RunLog
-    start: Position               # where this process starts: 0, or where latest.pth stopped
-
-    @property
-    def latest(self) -> Path:
-        return self.work / ckpt_io.LATEST
 
 
 def prepare_run(cfg: TrainConfig, reporter, info: distributed.DistInfo, resume: bool) -> TrainRun:
@@ -88,7 +63,7 @@ def prepare_run(cfg: TrainConfig, reporter, info: distributed.DistInfo, resume: 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=plan.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    amp_dtype = precision.amp_dtype(cfg.amp)
     derived = {"world_size": info.world_size, "accumulate": plan.accumulate, "total_batch": plan.total_batch,
                "lr": plan.base_lr, "iters_per_epoch": plan.iters_per_epoch, "total_iters": plan.total_iters,
                "num_classes": train_set.num_classes, "train_images": len(train_set.train_indices()),

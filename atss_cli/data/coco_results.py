@@ -6,16 +6,12 @@
     write_json_atomic(path, obj) -> Path
         Writes to a temporary file beside `path`, then renames it over `path`, so a reader
         never sees half a file and an interrupted run leaves the old file intact.
-    load_coco_categories() -> list[{"id", "name"}]
-        COCO's 80 detection categories in label order (label i = i-th entry), as an
-        MMDetection COCO checkpoint predicts them.
 
 No torch import at module level: the array arguments may be tensors or numpy arrays.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,9 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from atss_cli.atomic import atomic_write_json
-
-COCO_CATEGORIES_FILE = Path(__file__).with_name("coco_categories.json")
-
 
 def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor, on any device
@@ -87,9 +80,3 @@ def detections_to_coco(image_id: int, boxes, scores, labels,
 def write_json_atomic(path: str | os.PathLike, obj, *, indent: int | None = None) -> Path:
     """Write `obj` as JSON to `path` atomically (atss_cli.atomic)."""
     return atomic_write_json(path, obj, indent=indent)
-
-
-def load_coco_categories() -> list[dict]:
-    """COCO's 80 detection categories [{"id", "name"}] in MMDetection's label order."""
-    with open(COCO_CATEGORIES_FILE) as f:
-        return [{"id": int(c["id"]), "name": str(c["name"])} for c in json.load(f)]

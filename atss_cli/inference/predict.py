@@ -3,7 +3,7 @@
     predict_files(detector_or_model, paths, *, device="cpu", out_dir, class_names=None,
                   scale=(1333, 800), score_thr=0.3, amp=None, on_skip=None, on_image=None,
                   detections_name="detections.json") -> dict
-        `detector_or_model`: an atss_cli.Detector (atss_cli/api.py; PyTorch or ONNX Runtime), or
+        `detector_or_model`: an atss_cli.Detector (inference/detector.py; PyTorch or ONNX Runtime), or
         a model with ATSS's `predict`, wrapped in a Detector with `device`, `class_names`,
         `scale`, `amp`. For each path: decode (atss_cli.data.transforms.read_image: OpenCV, EXIF
         orientation applied, as MMDetection), the Detector (the test pipeline: keep-ratio resize,
@@ -31,12 +31,7 @@
                        amp=None, threads=None, on_skip=None, on_image=None) -> dict
         `atss predict` as a function: `make_detector`, then `predict_files`.
 
-    class_names_for(num_classes, *, coco_root=None, split="val2017", checkpoint_names=None,
-                    ann=None, stored_names=None) -> list[str]
-        names in label order: a COCO-format JSON's categories (`ann`) or the dataset's
-        (`coco_root`), sorted by id as the data pipeline labels them, else the model file's
-        (`stored_names`, `checkpoint_names`), else COCO's 80 when the class count is 80, else
-        "class N".
+Class names come from atss_cli.data.categories.class_names_for.
 """
 
 from __future__ import annotations
@@ -44,45 +39,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from atss_cli.engine.coco_results import load_coco_categories, write_json_atomic
-from atss_cli.errors import AtssError
+from atss_cli.data.categories import class_names_for
+from atss_cli.data.coco_results import write_json_atomic
+from atss_cli.errors import AtssError, param
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
-
-
-def class_names_for(num_classes: int, *, coco_root: str | Path | None = None, split: str = "val2017",
-                    checkpoint_names: Sequence[str] | None = None, ann: str | Path | None = None,
-                    stored_names: Sequence[str] | None = None) -> list[str]:
-    if coco_root is not None or ann is not None:
-        cats = ann_categories(ann) if ann is not None else None
-        if cats is None:
-            from atss_cli.data import load_split
-
-            cats = load_split(Path(coco_root), split).categories
-        names = [str(c["name"]) for c in cats]
-        if len(names) != num_classes:
-            source = f"--ann {ann}" if ann is not None else f"--coco {coco_root}"
-            raise AtssError(f"{source}: {len(names)} categories but the model predicts {num_classes} classes")
-        return names
-    for given in (stored_names, checkpoint_names):
-        if given is not None and len(given) == num_classes:
-            return [str(n) for n in given]
-    if num_classes == 80:
-        return [c["name"] for c in load_coco_categories()]
-    return [f"class {i}" for i in range(num_classes)]
-
-
-def ann_categories(path: str | Path) -> list[dict]:
-    """The categories of a COCO-format JSON in label order ([{"id", "name"}]), as training maps
-    them (sorted by id; supercategory-only entries dropped)."""
-    from atss_cli.data.coco import load_json, parse_coco
-
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AtssError(f"--ann {path}: {exc.strerror or exc}") from None
-    return parse_coco(path, load_json(path, data)).categories
 
 
 def _output_path(out_dir: Path, src: Path, taken: set[str]) -> Path:
@@ -120,9 +81,9 @@ def predict_files(model, paths: Sequence[str | Path], *, device="cpu", out_dir: 
     own), or a model with ATSS's `predict`, wrapped in one with those."""
     import torch
 
-    from atss_cli.api import Detector
+    from atss_cli.inference.detector import Detector
     from atss_cli.data.transforms import DecodeError, bgr_to_rgb_tensor, read_image
-    from atss_cli.engine.draw import draw_detections
+    from atss_cli.drawing import draw_detections
 
     if isinstance(model, Detector):
         detector = model
@@ -176,17 +137,17 @@ def make_detector(checkpoint: str | Path | None = None, *, onnx: str | Path | No
     """The Detector `atss predict` runs: from a checkpoint (PyTorch) or an `atss export` file
     (ONNX Runtime, on the CPU); class names from --ann, else --coco, else the file's own, else
     COCO's 80 for 80 classes, else "class N"."""
-    from atss_cli.api import Detector
+    from atss_cli.inference.detector import Detector
 
     if (checkpoint is None) == (onnx is None):
-        raise AtssError("give either --checkpoint CKPT or --onnx FILE")
+        raise AtssError(f"give either {param('checkpoint')} CKPT or {param('onnx')} FILE")
     if coco is not None and ann is not None:
-        raise AtssError("give either --coco ROOT or --ann FILE as the source of class names, not both")
+        raise AtssError(f"give either {param('coco')} ROOT or {param('ann')} FILE as the source of class names, not both")
     if onnx is not None:
         if device not in ("auto", "cpu"):
-            raise AtssError(f"--onnx runs on the CPU with ONNX Runtime; --device {device} is for --checkpoint")
+            raise AtssError(f"{param('onnx')} runs on the CPU with ONNX Runtime; {param('device')} {device} is for {param('checkpoint')}")
         if any(v is not None for v in (model_overrides or {}).values()):
-            raise AtssError("--depth, --fpn-channels, --head-channels and --stacked-convs are for --checkpoint; "
+            raise AtssError(f"{param('depth')}, {param('fpn_channels')}, {param('head_channels')} and {param('stacked_convs')} are for {param('checkpoint')}; "
                             "an ONNX file holds its architecture")
         detector = Detector.from_onnx(onnx, threads=threads, scale=scale)
     else:
@@ -210,7 +171,7 @@ def predict_checkpoint(checkpoint: str | Path | None, images: Sequence[str | Pat
     from `scale`, else the checkpoint config (or the ONNX metadata), else (1333, 800).
     Returns `predict_files`'s summary plus "checkpoint" or "onnx"."""
     if not 0.0 <= score_thr <= 1.0:
-        raise AtssError(f"--score-thr must be between 0 and 1, got {score_thr}")
+        raise AtssError(f"{param('score_thr')} must be between 0 and 1, got {score_thr}")
     detector = make_detector(checkpoint, onnx=onnx, coco=coco, split=split, ann=ann, device=device, scale=scale,
                              model_overrides=model_overrides, amp=amp, threads=threads)
     summary = predict_files(detector, images, out_dir=out_dir, score_thr=score_thr, on_skip=on_skip,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from atss_cli.atomic import atomic_open
-from atss_cli.errors import AtssError
+from atss_cli.errors import AtssError, param
 
 LATEST = "latest.pth"
 
@@ -42,14 +42,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def versions() -> dict:
-    import platform
+    from atss_cli.environment import versions as environment_versions
 
-    import torchvision
-
-    from atss_cli import __version__
-
-    return {"atss": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version()}
+    return environment_versions()
 
 
 def load_resume(path: Path) -> dict:
@@ -63,5 +58,5 @@ def load_resume(path: Path) -> dict:
     for key in ("state_dict", "optimizer", "epoch", "iteration"):
         if key not in ckpt:
             raise AtssError(f"{path} is not an atss training checkpoint (no {key!r}); "
-                            "use --load-from to start from its weights instead")
+                            f"use {param('load_from')} to start from its weights instead")
     return ckpt

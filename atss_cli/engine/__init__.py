@@ -1,1 +1,0 @@
-"""Training, evaluation and prediction loops, distributed set-up and checkpoint files."""
