@@ -34,8 +34,9 @@ def eval_ground_truth(cache) -> dict:
     for rule in LEFT_OUT:
         left_out |= masks[rule]
     kept_ids = {int(c["id"]) for c in cache.categories}
-    taken = {a.get("id") for a, out in zip(data["annotations"], left_out) if not out}
-    next_id = 1 + max((i for i in taken if isinstance(i, int) and not isinstance(i, bool)), default=0)
+    # Fresh ids start above every id in the file, left-out annotations' too.
+    next_id = 1 + max((a["id"] for a in data["annotations"]
+                       if isinstance(a.get("id"), int) and not isinstance(a.get("id"), bool)), default=0)
     anns, minus_one_seen = [], False
     for a, out in zip(data["annotations"], left_out):
         if out:
