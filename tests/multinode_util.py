@@ -12,56 +12,42 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-# As tests/test_train_cli.py: seconds per iteration on 2 CPU cores, from random weights; BatchNorm
-# frozen so that one process with batch 2 and two with batch 1 compute the same loss.
-TINY = ["--set", "depth=18", "--set", "fpn_channels=32", "--set", "head_channels=64",
-        "--set", "stacked_convs=1", "--set", "scale=128,128", "--set", "workers=0",
-        "--set", "warmup_iters=2", "--set", "log_interval=1", "--from-scratch", "--set", "norm_eval=true"]
+from cli_run import ROOT, TINY, WORKER_MODULE, atss, atss_cmd, cli_env
+
+# BatchNorm frozen so that one process with batch 2 and two with batch 1 compute the same loss.
+TINY_FROZEN_BN = [*TINY, "--set", "norm_eval=true"]
 
 
 def common(coco: Path, epochs: int = 1) -> list[str]:
     return ["--coco", str(coco), "--device", "cpu", "--epochs", str(epochs), "--accumulate", "1", "--lr", "0.01",
-            "--eval-interval", "0", *TINY]
+            "--eval-interval", "0", *TINY_FROZEN_BN]
 
 
-def env() -> dict:
-    e = {k: v for k, v in os.environ.items() if k != "ATSS_DEBUG" and not k.startswith("SLURM_")}
-    e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return e
+# The suite's one runner (tests/cli_run.py), under the names these tests use.
+env = cli_env
+run = atss
 
 
-def atss_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "atss_cli", *map(str, args)]
-
-
-def make_coco(root: Path) -> Path:
-    proc = subprocess.run(atss_cmd("prepare", "--synthetic", root, "--num-train", 8, "--num-val", 4, "--seed", 3,
-                                   "--size", 128), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return root
-
-
-def run(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run(atss_cmd(*args), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
-
-
-def two_process_losses(coco: Path, work: Path, epochs: int) -> list[tuple[int, float]]:
-    """The uninterrupted reference: one node, two gloo processes, batch 1 each."""
+def two_process_run(coco: Path, work: Path, epochs: int) -> Path:
+    """The uninterrupted reference: one node, two gloo processes, batch 1 each; its work dir.
+    (Made once per session: conftest's `two_process_reference`.)"""
     proc = run("train", *common(coco, epochs=epochs), "--work-dir", work, "--batch-per-gpu", 1, "--nproc", 2)
     assert proc.returncode == 0, proc.stderr
-    return losses(work)
+    return work
 
 
-def losses(work: Path) -> list[tuple[int, float]]:
+def losses(work: Path, epochs: int | None = None) -> list[tuple[int, float]]:
+    """(iteration, loss) of every logged training iteration; `epochs`: those of the first `epochs`."""
     records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    if epochs is not None:
+        last = epochs * json.loads((work / "config.json").read_text())["derived"]["iters_per_epoch"]
+        records = [r for r in records if r["iteration"] <= last]
     return [(r["iteration"], r["loss"]) for r in records if r["kind"] == "train"]
 
 
@@ -93,7 +79,7 @@ class Nodes:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, args: list, prefix: list[str] | None = None, extra_env: dict | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen([*(prefix or []), *atss_cmd(*args)], cwd=ROOT, env={**env(), **(extra_env or {})},
+        proc = subprocess.Popen([*(prefix or []), *atss_cmd(*args)], cwd=ROOT, env=cli_env(extra_env),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.procs.append(proc)
         return proc
@@ -147,7 +133,7 @@ def worker_pids(agent_pid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
             if int(stat.rsplit(")", 1)[1].split()[1]) != agent_pid:
                 continue
-            if b"train_worker" in Path(f"/proc/{entry}/cmdline").read_bytes():
+            if WORKER_MODULE.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
                 pids.append(int(entry))
         except (OSError, ValueError, IndexError):
             continue

@@ -2,17 +2,16 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli_run import ROOT, atss
+
 COMMANDS = ["env", "prepare", "train", "eval", "predict", "export", "demo", "bench assigner", "bench model"]
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "atss_cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return atss(*args, timeout=120)
 
 
 def test_help_imports_neither_torch_nor_the_extension():

@@ -14,30 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from atss_cli.engine.evaluate import METRIC_NAMES
+from atss_cli.evaluation.cocoeval import METRIC_NAMES
 from cli_run import assert_one_line_error, atss
 
-ROOT = Path(__file__).resolve().parents[1]
-# head_channels 64: GroupNorm(32) needs 2+ values per group on the 1x1 P7 map of a 128 px image.
-TINY_CONFIG = {"depth": 18, "fpn_channels": 32, "head_channels": 64, "stacked_convs": 1, "scale": [128, 128]}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(coco root, checkpoint path): 6 synthetic val images at 128 px and a random tiny model."""
-    from atss_cli.data import generate_synthetic
-    from atss_cli.model import build_atss
-
-    root = tmp_path_factory.mktemp("tiny_eval")
-    generate_synthetic(root / "coco", train_images=0, val_images=6, seed=5, size=128)
-    cats = json.loads((root / "coco" / "annotations" / "instances_val2017.json").read_text())["categories"]
-    torch.manual_seed(0)
-    model = build_atss(num_classes=len(cats), **{k: v for k, v in TINY_CONFIG.items() if k != "scale"})
-    state = model.state_dict()
-    state["bbox_head.atss_cls.bias"].zero_()  # scores near 0.5 instead of the 0.01 prior: boxes come out
-    ckpt = root / "tiny.pth"
-    torch.save({"state_dict": state, "config": TINY_CONFIG}, ckpt)
-    return root / "coco", ckpt
+# `tiny` (the 6-image split and the random checkpoint): tests/conftest.py, shared with test_predict_cli.
 
 
 def test_eval_tiny_checkpoint_prints_table_and_writes_files(tiny, tmp_path):
@@ -104,7 +84,7 @@ class Oracle(torch.nn.Module):
 @pytest.mark.parametrize("evaluator", ["faster-coco-eval", "pycocotools"])
 def test_ground_truth_through_loader_and_evaluate_scores_ap_1(tiny, tmp_path, evaluator):
     from atss_cli.data import load_split
-    from atss_cli.engine.evaluate import evaluate
+    from atss_cli.evaluation.evaluate import evaluate
 
     coco, _ = tiny
     cache = load_split(coco, "val2017", cache_dir=tmp_path / "cache")

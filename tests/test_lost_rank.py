@@ -13,19 +13,19 @@ import time
 
 import pytest
 
-from multinode_util import (Nodes, assert_same_losses, common, free_port, losses, make_coco, train_records,
-                            two_process_losses, wait_for, worker_pids)
+from multinode_util import (Nodes, assert_same_losses, common, free_port, losses, train_records, wait_for,
+                            worker_pids)
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    return make_coco(tmp_path_factory.mktemp("synthetic"))
+def coco(small_coco):
+    return small_coco
 
 
 @pytest.fixture(scope="module")
-def reference(coco, tmp_path_factory):
-    """Uninterrupted: one node, two gloo processes, 2 epochs (6 iterations)."""
-    return two_process_losses(coco, tmp_path_factory.mktemp("reference"), epochs=2)
+def reference(two_process_reference):
+    """Uninterrupted: one node, two gloo processes, 2 epochs (6 iterations); made once per session."""
+    return losses(two_process_reference)
 
 
 def node_args(coco, work, rank, port, *extra):

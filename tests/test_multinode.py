@@ -16,19 +16,20 @@ import time
 import pytest
 
 from cli_run import assert_one_line_error
-from multinode_util import (TINY, NetnsPair, Nodes, assert_same_losses, common, free_port, losses, make_coco, run,
-                            train_records, two_process_losses, wait_for)
+from multinode_util import (TINY_FROZEN_BN, NetnsPair, Nodes, assert_same_losses, common, free_port, losses, run,
+                            train_records, wait_for)
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    return make_coco(tmp_path_factory.mktemp("synthetic"))
+def coco(small_coco):
+    return small_coco
 
 
 @pytest.fixture(scope="module")
-def one_node(coco, tmp_path_factory):
-    """The reference: one node, two gloo processes, batch 1 each; 2 epochs (6 iterations)."""
-    return two_process_losses(coco, tmp_path_factory.mktemp("one_node"), epochs=2)
+def one_node(two_process_reference):
+    """The reference: one node, two gloo processes, batch 1 each; 2 epochs (6 iterations); made
+    once per session."""
+    return losses(two_process_reference)
 
 
 def two_nodes(coco, work, *, addr="127.0.0.1", netns: NetnsPair | None = None, epochs=2, extra=()):
@@ -64,6 +65,7 @@ def netns():
         pair.close()
 
 
+@pytest.mark.system
 def test_two_nodes_in_two_network_namespaces_give_the_losses_of_one_node(coco, one_node, tmp_path, netns):
     work = tmp_path / "netns"
     for code, out, err in two_nodes(coco, work, addr=netns.addr[0], netns=netns):
@@ -74,6 +76,7 @@ def test_two_nodes_in_two_network_namespaces_give_the_losses_of_one_node(coco, o
     assert_same_losses(one_node, losses(work))
 
 
+@pytest.mark.system
 def test_a_node_gone_silent_stops_the_other_and_the_rerun_resumes(coco, one_node, tmp_path, netns):
     """Node 1's link goes down mid-run (no connection closed): node 0 stops after --dist-timeout
     with a line naming rank 1 on node 1; the same command on both nodes then resumes."""
@@ -165,7 +168,7 @@ def test_train_ann_without_val_ann_says_there_is_no_evaluation(coco, tmp_path):
     work = tmp_path / "w"
     proc = run("train", "--train-ann", coco / "annotations" / "instances_train2017.json", "--train-images",
                coco / "train2017", "--device", "cpu", "--epochs", 1, "--batch-per-gpu", 2, "--accumulate", 1,
-               "--work-dir", work, "--set", "max_iters=1", "--lr", "0.01", *TINY)
+               "--work-dir", work, "--set", "max_iters=1", "--lr", "0.01", *TINY_FROZEN_BN)
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "--val-ann" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: --train-ann without --val-ann"), proc.stderr

@@ -12,14 +12,14 @@ import shutil
 import pytest
 import torch
 
-from test_eval_cli import assert_one_line_error, atss, tiny  # noqa: F401 - the fixture
+from cli_run import assert_one_line_error, atss
 
-from atss_cli.engine.inference import parse_scale, read_checkpoint_info
-from atss_cli.engine.predict import class_names_for
+from atss_cli.inference.checkpoint import parse_scale, read_checkpoint_info
+from atss_cli.data.categories import class_names_for
 from atss_cli.errors import AtssError
 
 
-def test_predict_draws_pictures_and_writes_json(tiny, tmp_path):  # noqa: F811
+def test_predict_draws_pictures_and_writes_json(tiny, tmp_path):
     from atss_cli.data.transforms import decode_rgb
 
     coco, ckpt = tiny
@@ -59,7 +59,7 @@ def test_predict_draws_pictures_and_writes_json(tiny, tmp_path):  # noqa: F811
     assert drawn > 0  # the zero-bias classifier scores about 0.25 after centerness
 
 
-def test_predict_with_no_readable_image_fails(tiny, tmp_path):  # noqa: F811
+def test_predict_with_no_readable_image_fails(tiny, tmp_path):
     coco, ckpt = tiny
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
@@ -76,7 +76,7 @@ def test_predict_with_no_readable_image_fails(tiny, tmp_path):  # noqa: F811
     (["IMG", "--out", "FILE"], "--out"),
     (["IMG", "--out", "OUT", "--coco", "NOPE"], "--coco"),
 ])
-def test_predict_bad_flags_are_one_line_errors(tiny, tmp_path, args, needle):  # noqa: F811
+def test_predict_bad_flags_are_one_line_errors(tiny, tmp_path, args, needle):
     coco, ckpt = tiny
     img = sorted((coco / "val2017").iterdir())[0]
     (tmp_path / "file").write_text("x")
@@ -90,7 +90,7 @@ def test_predict_missing_checkpoint_is_one_line_error(tmp_path):
     assert_one_line_error(proc, "none.pth")
 
 
-def test_class_names_come_from_dataset_checkpoint_or_coco(tiny, tmp_path):  # noqa: F811
+def test_class_names_come_from_dataset_checkpoint_or_coco(tiny, tmp_path):
     coco, _ = tiny
     cats = json.loads((coco / "annotations" / "instances_val2017.json").read_text())["categories"]
     copy = tmp_path / "coco"
@@ -127,7 +127,7 @@ def test_checkpoint_info_reads_our_config_and_mmdetection_meta(tmp_path):
         parse_scale("1333")
 
 
-def test_ann_json_names_the_classes(tiny, tmp_path):  # noqa: F811
+def test_ann_json_names_the_classes(tiny, tmp_path):
     """--ann FILE: any COCO-format JSON names the classes, in its id order (as training labels them)."""
     coco, ckpt = tiny
     cats = json.loads((coco / "annotations" / "instances_val2017.json").read_text())["categories"]

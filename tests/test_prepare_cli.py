@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import cli_run
 from test_data_coco import make_coco
 
-REPO = Path(__file__).resolve().parents[1]
+
+def atss(*args: str):
+    """`atss prepare ARGS` (tests/cli_run.py's runner)."""
+    return cli_run.atss("prepare", *args, timeout=120)
 
 
-def atss(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "ATSS_DEBUG"}
-    return subprocess.run([sys.executable, "-m", "atss_cli", "prepare", *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=120)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode != 0, proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr + proc.stdout
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+def assert_one_line_error(proc, *needles: str) -> str:
+    """One `error: ...` line and nothing else on stderr, not even a warning."""
+    return cli_run.assert_one_line_error(proc, *needles, warnings=False)
 
 
 def test_prepare_ok_with_json(tmp_path):

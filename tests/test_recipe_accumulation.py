@@ -11,27 +11,19 @@ iteration with lr 1, no momentum and no weight decay, the weights (w0 - gradient
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli_run import start
+
 SMALL = ["--set", "depth=18", "--set", "fpn_channels=32", "--set", "head_channels=32",
          "--set", "stacked_convs=1", "--set", "scale=160,160", "--set", "workers=0",
          "--set", "flip_prob=0", "--set", "warmup_iters=0", "--set", "momentum=0",
          "--set", "weight_decay=0", "--set", "norm_eval=true", "--set", "val_split=",
          "--from-scratch", "--device", "cpu", "--epochs", 1, "--lr", 1.0, "--eval-interval", 0]
-
-
-def atss(*args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "atss_cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def two_image_coco(root: Path) -> Path:
@@ -58,20 +50,36 @@ def two_image_coco(root: Path) -> Path:
     return root
 
 
-def weights_after_one_iteration(coco: Path, work: Path, *args) -> dict[str, torch.Tensor]:
-    proc = atss("train", "--coco", coco, "--work-dir", work, *SMALL, *args)
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    state = torch.load(work / "latest.pth", weights_only=False)
-    assert state["iteration"] == 1
-    return state["state_dict"]
+def weights_after_one_iteration(coco: Path, runs: dict[str, tuple]) -> dict[str, dict[str, torch.Tensor]]:
+    """{name: weights after one iteration} of `atss train` with each run's flags. The runs are
+    independent (one work dir each; the annotation cache is built under a lock): they run side by
+    side, each process on one thread, instead of one after the other."""
+    procs = {name: start("train", "--coco", coco, "--work-dir", coco.parent / name, *SMALL, *args)
+             for name, args in runs.items()}
+    weights = {}
+    try:
+        for name, child in procs.items():
+            out, err = child.communicate(timeout=300)
+            assert child.returncode == 0, err + out
+            state = torch.load(coco.parent / name / "latest.pth", weights_only=False)
+            assert state["iteration"] == 1
+            weights[name] = state["state_dict"]
+    finally:
+        for child in procs.values():
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
+    return weights
 
 
 def test_accumulation_gives_the_gradient_of_one_batch(tmp_path):
     coco = two_image_coco(tmp_path / "data")
-    batch2 = weights_after_one_iteration(coco, tmp_path / "b2", "--batch-per-gpu", 2, "--accumulate", 1)
-    accum = weights_after_one_iteration(coco, tmp_path / "acc", "--batch-per-gpu", 1, "--accumulate", 2)
-    gloo = weights_after_one_iteration(coco, tmp_path / "gloo", "--batch-per-gpu", 1, "--accumulate", 1,
-                                       "--nproc", 2)
+    runs = weights_after_one_iteration(coco, {
+        "b2": ("--batch-per-gpu", 2, "--accumulate", 1),
+        "acc": ("--batch-per-gpu", 1, "--accumulate", 2),
+        "gloo": ("--batch-per-gpu", 1, "--accumulate", 1, "--nproc", 2),
+    })
+    batch2, accum, gloo = runs["b2"], runs["acc"], runs["gloo"]
     worst = {"accumulate 2": 0.0, "2 gloo processes": 0.0}
     trained = [k for k, v in batch2.items() if v.is_floating_point()]
     assert trained

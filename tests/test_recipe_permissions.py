@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from cli_run import atss
+
 ROOT = Path(__file__).resolve().parents[1]
 
 WRITE_ALL = """
 import sys, torch
 from pathlib import Path
 from atss_cli.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from atss_cli.engine.checkpoint import atomic_save
+from atss_cli.training.checkpoint import atomic_save
 out = Path(sys.argv[1])
 atomic_write_text(out / "config.json", "{}")
 atomic_write_json(out / "sub" / "detections.json", [])
@@ -51,9 +53,8 @@ def test_a_rewritten_file_keeps_its_own_mode(tmp_path):
 def test_generated_dataset_and_cache_folders_follow_the_umask(tmp_path, umask):
     # Both are filled in a temporary folder (mkdtemp: 0700) and renamed into place.
     root = tmp_path / "shapes"
-    proc = subprocess.run([sys.executable, "-m", "atss_cli", "prepare", "--synthetic", str(root), "--num-train", "2",
-                           "--num-val", "1", "--size", "64"], cwd=ROOT, capture_output=True, text=True,
-                          preexec_fn=lambda: os.umask(umask), timeout=300)
+    proc = atss("prepare", "--synthetic", root, "--num-train", 2, "--num-val", 1, "--size", 64,
+                preexec_fn=lambda: os.umask(umask))
     assert proc.returncode == 0, proc.stderr
     folders = [root, *(p for p in root.rglob("*") if p.is_dir())]
     assert any(".atss_cache" in p.parts for p in folders), folders

@@ -4,9 +4,6 @@ weights. No network: the files here are made by the test."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +11,11 @@ import torch
 import torchvision
 
 from atss_cli.config import TrainConfig, validate
-from atss_cli.engine.train import find_pretrained, pretrained_weights
+from atss_cli.training.train import find_pretrained, pretrained_weights
 from atss_cli.errors import AtssError
 from atss_cli.model import build_atss_preset, load_backbone
 from atss_cli.model.checkpoint import TORCHVISION_RESNET_FILES, check_imagenet_file, sha256_prefix
-
-ROOT = Path(__file__).resolve().parents[1]
+from cli_run import atss
 
 
 def fake_resnet18(path: Path) -> Path:
@@ -86,10 +82,10 @@ def test_a_frozen_config_never_starts_from_random_weights(tmp_path):
     empty.mkdir()
     recipe = TrainConfig()
     assert recipe.frozen_stages == 1 and recipe.norm_eval
-    with pytest.raises(AtssError, match=r"put resnet50-0676ba61.pth .* in .*empty.*--from-scratch"):
+    with pytest.raises(AtssError, match=r"put resnet50-0676ba61.pth .* in .*empty.*from_scratch"):
         pretrained_weights(recipe, hub_dir=empty)
     for frozen in (dict(frozen_stages=0, norm_eval=False), dict(frozen_stages=-1, norm_eval=True)):
-        with pytest.raises(AtssError, match="--from-scratch"):
+        with pytest.raises(AtssError, match="from_scratch"):
             pretrained_weights(recipe.replace(**frozen), hub_dir=empty)
     assert pretrained_weights(recipe.replace(from_scratch=True), hub_dir=empty) is None
     # Nothing frozen (the demo's preset): random init is a choice, not a silent fallback.
@@ -99,23 +95,17 @@ def test_a_frozen_config_never_starts_from_random_weights(tmp_path):
 
 
 def test_the_demo_trains_from_scratch():
-    from atss_cli.engine.demo import demo_config
+    from atss_cli.demo import demo_config
 
     cfg = demo_config(Path("d"), Path("w"), epochs=3, workers=0)
     assert cfg.from_scratch and not cfg.assumes_imagenet
-
-
-def atss(*args, env_extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
-    return subprocess.run([sys.executable, "-m", "atss_cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_train_stops_with_one_line_saying_where_to_put_the_file(tmp_path):
     torch_home = tmp_path / "torch"
     (torch_home / "hub" / "checkpoints").mkdir(parents=True)
     proc = atss("train", "--coco", tmp_path, "--work-dir", tmp_path / "w", "--device", "cpu",
-                env_extra={"TORCH_HOME": str(torch_home)})
+                env={"TORCH_HOME": str(torch_home)}, timeout=120)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: frozen_stages=1 norm_eval=True assume ImageNet weights: put "

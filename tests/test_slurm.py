@@ -3,7 +3,8 @@ template runs as written, against a real one-node SLURM cluster started here.
 
 The cluster: Debian's slurm-wlm and munge (installed with apt-get when missing; skipped with the
 reason when that is impossible or we are not root), a slurm.conf in a temporary folder, munged,
-slurmctld and slurmd started in the foreground by the fixture and killed at its end.
+slurmctld and slurmd started in the foreground by the fixture and killed at its end. The tests
+on it are marked `system`: they run under CI=true or ATSS_SYSTEM_TESTS=1 only (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from multinode_util import (ROOT, assert_same_losses, common, env, free_port, losses, make_coco, run, train_records,
-                            two_process_losses, wait_for)
+from multinode_util import ROOT, assert_same_losses, common, env, free_port, losses, run, train_records, wait_for
 
-from atss_cli.engine import slurm
+from atss_cli.launch import slurm
 
 # --- where a task stands: SLURM's variables, no cluster needed -------------------------------
 
@@ -191,15 +191,17 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    return make_coco(tmp_path_factory.mktemp("synthetic"))
+def coco(small_coco):
+    return small_coco
 
 
 @pytest.fixture(scope="module")
-def two_processes(coco, tmp_path_factory):
-    return two_process_losses(coco, tmp_path_factory.mktemp("nproc2"), epochs=1)
+def two_processes(two_process_reference):
+    """Two gloo processes, 1 epoch: the first epoch of the session's 2-epoch reference run."""
+    return losses(two_process_reference, epochs=1)
 
 
+@pytest.mark.system
 def test_srun_two_tasks_train_as_two_processes(cluster, coco, two_processes, tmp_path):
     work = tmp_path / "srun"
     proc = cluster.cmd("srun", "-N1", "-n2", sys.executable, "-m", "atss_cli", "train", *common(coco, 1),
@@ -222,6 +224,7 @@ def write_sbatch_script(coco, epochs: int, work, path):
     return path
 
 
+@pytest.mark.system
 def test_the_printed_sbatch_script_runs_under_sbatch(cluster, coco, two_processes, tmp_path):
     work = tmp_path / "sbatch"
     path = write_sbatch_script(coco, 1, work, tmp_path / "job.sh")
@@ -233,8 +236,8 @@ def test_the_printed_sbatch_script_runs_under_sbatch(cluster, coco, two_processe
 
 
 @pytest.fixture(scope="module")
-def two_epochs(coco, tmp_path_factory):
-    return two_process_losses(coco, tmp_path_factory.mktemp("nproc2_2ep"), epochs=2)
+def two_epochs(two_process_reference):
+    return losses(two_process_reference)
 
 
 def _job_field(cluster, job: str, field: str) -> str:
@@ -245,6 +248,7 @@ def _job_field(cluster, job: str, field: str) -> str:
     return ""
 
 
+@pytest.mark.system
 def test_usr1_before_the_time_limit_saves_requeues_and_the_job_resumes(cluster, coco, two_epochs, tmp_path):
     """The printed script under sbatch; USR1 to its batch shell (as --signal=B:USR1@120 sends it):
     the tasks agree on an iteration, save, rank 0 requeues the job, and the requeued job resumes
@@ -303,6 +307,7 @@ def _task_pid(marker: str, procid: int) -> int | None:
     return None
 
 
+@pytest.mark.system
 def test_a_killed_srun_task_stops_the_other_and_the_same_srun_resumes(cluster, coco, two_epochs, tmp_path):
     work = tmp_path / "killed"
     argv = ["srun", "-N1", "-n2", sys.executable, "-m", "atss_cli", "train", *common(coco, 2), "--work-dir", str(work),

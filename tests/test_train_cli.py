@@ -8,37 +8,21 @@ the loss of one process with the same total batch; bad flags and files give one-
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-# A model small enough to train a few iterations in seconds on 2 CPU cores, from random weights
-# (the recipe's frozen stem, layer1 and BatchNorm statistics stay: no ImageNet file here).
-TINY = ["--set", "depth=18", "--set", "fpn_channels=32", "--set", "head_channels=64",
-        "--set", "stacked_convs=1", "--set", "scale=128,128", "--set", "workers=0",
-        "--set", "warmup_iters=2", "--set", "log_interval=1", "--from-scratch"]
-
-
-def atss(*args, timeout=300, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "atss_cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+from cli_run import TINY, atss, start
+from multinode_util import common as two_process_flags
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    proc = atss("prepare", "--synthetic", root, "--num-train", 8, "--num-val", 4, "--seed", 3,
-                "--size", 128)
-    assert proc.returncode == 0, proc.stderr
-    return root
+def coco(small_coco):
+    return small_coco
 
 
 def train_records(work: Path) -> list[dict]:
@@ -110,26 +94,30 @@ def test_resume_refuses_another_model_and_no_resume_keeps_the_old_run(coco, tmp_
 def test_sigkill_then_resume_gives_the_same_losses(coco, tmp_path):
     common = ["--device", "cpu", "--epochs", 3, "--batch-per-gpu", 2, "--accumulate", 1, "--lr", 0.01,
               "--eval-interval", 0, *TINY, "--set", "save_every_iters=1"]
+    # The uninterrupted run goes on beside the killed one (each process on one thread).
     straight = tmp_path / "straight"
-    proc = atss("train", "--coco", coco, "--work-dir", straight, *common)
-    assert proc.returncode == 0, proc.stderr
-
-    killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "atss_cli", "train", "--coco", str(coco), "--work-dir",
-                              str(killed), *map(str, common)], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    metrics = killed / "metrics.jsonl"
-    while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:  # into epoch 2
-            break
-        if child.poll() is not None:
-            pytest.fail("training finished before it could be killed")
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert len(metrics.read_text().splitlines()) < 9
+    uninterrupted = start("train", "--coco", coco, "--work-dir", straight, *common)
+    try:
+        killed = tmp_path / "killed"
+        child = start("train", "--coco", coco, "--work-dir", killed, *common, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        metrics = killed / "metrics.jsonl"
+        while time.time() < deadline:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:  # into epoch 2
+                break
+            if child.poll() is not None:
+                pytest.fail("training finished before it could be killed")
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert len(metrics.read_text().splitlines()) < 9
+        _, err = uninterrupted.communicate(timeout=300)
+        assert uninterrupted.returncode == 0, err
+    finally:
+        if uninterrupted.poll() is None:
+            uninterrupted.kill()
+            uninterrupted.communicate()
 
     resumed = atss("train", "--coco", coco, "--work-dir", killed, *common)
     assert resumed.returncode == 0, resumed.stderr
@@ -147,12 +135,9 @@ def test_interrupt_saves_the_position_and_the_same_command_resumes(coco, tmp_pat
     common = ["--device", "cpu", "--epochs", 3, "--batch-per-gpu", 2, "--accumulate", 1, "--lr", 0.01,
               "--eval-interval", 0, *TINY, "--set", "save_every_iters=0"]
     work = tmp_path / "interrupted"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # A background job (as CI may run us) inherits SIGINT ignored; a user's terminal does not.
-    child = subprocess.Popen([sys.executable, "-m", "atss_cli", "train", "--coco", str(coco), "--work-dir",
-                              str(work), *map(str, common)], cwd=ROOT, env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    child = start("train", "--coco", coco, "--work-dir", work, *common,
+                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = work / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
@@ -172,17 +157,16 @@ def test_interrupt_saves_the_position_and_the_same_command_resumes(coco, tmp_pat
     assert [r["iteration"] for r in train_records(work)] == list(range(1, 3 * per_epoch + 1))
 
 
-def test_two_gloo_processes_match_one_process(coco, tmp_path):
-    # BatchNorm frozen (norm_eval) so that per-process batch statistics do not differ.
-    common = ["--device", "cpu", "--epochs", 1, "--accumulate", 1, "--lr", 0.01, "--eval-interval", 0,
-              *TINY, "--set", "norm_eval=true"]
+def test_two_gloo_processes_match_one_process(coco, two_process_reference, tmp_path):
+    # BatchNorm frozen (norm_eval) so that per-process batch statistics do not differ. The two
+    # processes (batch 1 each) are the first epoch of the session's reference run (conftest.py),
+    # which has these flags with --epochs 2; the lr steps at epochs 8 and 11 leave epoch 1 alone.
     one = tmp_path / "one"
-    two = tmp_path / "two"
-    p1 = atss("train", "--coco", coco, "--work-dir", one, "--batch-per-gpu", 2, "--nproc", 1, *common)
+    p1 = atss("train", *two_process_flags(coco, epochs=1), "--work-dir", one, "--batch-per-gpu", 2, "--nproc", 1)
     assert p1.returncode == 0, p1.stderr
-    p2 = atss("train", "--coco", coco, "--work-dir", two, "--batch-per-gpu", 1, "--nproc", 2, *common)
-    assert p2.returncode == 0, p2.stderr + p2.stdout
-    a, b = train_records(one), train_records(two)
+    per_epoch = json.loads((two_process_reference / "config.json").read_text())["derived"]["iters_per_epoch"]
+    a = train_records(one)
+    b = [r for r in train_records(two_process_reference) if r["iteration"] <= per_epoch]
     assert len(a) == len(b) >= 2
     for ra, rb in zip(a, b):
         for key in ("loss_cls", "loss_bbox", "loss_centerness"):

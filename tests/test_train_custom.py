@@ -15,13 +15,10 @@ import pytest
 import torch
 
 import cli_run
-from cli_run import atss
+from cli_run import TINY_MODEL, atss
 
-ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = [{"id": 1000, "name": "kettle"}, {"id": 3, "name": "lamp"}, {"id": 9, "name": "mug"}]
-TINY = ["--set", "depth=18", "--set", "fpn_channels=32", "--set", "head_channels=64",
-        "--set", "stacked_convs=1", "--set", "scale=128,128", "--set", "workers=0",
-        "--set", "warmup_iters=2", "--set", "log_interval=1", "--device", "cpu"]
+TINY = [*TINY_MODEL, "--device", "cpu"]  # from scratch where a test says so (--load-from is one test's source)
 
 
 def assert_one_line_error(proc, needle):
@@ -72,7 +69,7 @@ def test_train_on_files_saves_categories_eval_names_them_and_the_same_command_re
     config = json.loads((work / "config.json").read_text())
     assert config["derived"]["num_classes"] == 3 and config["train_ann"] == str(data["train"])
     # Label order is the sorted ids; names travel with the checkpoint (read back as predict does).
-    from atss_cli.engine.inference import read_checkpoint_info
+    from atss_cli.inference.checkpoint import read_checkpoint_info
 
     want = sorted(CATEGORIES, key=lambda c: c["id"])
     for name in ("latest.pth", "epoch_1.pth"):

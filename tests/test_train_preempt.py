@@ -15,18 +15,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from cli_run import ROOT, atss
+from cli_run import TINY, WORKER_MODULE, atss, start
 
-TINY = ["--set", "depth=18", "--set", "fpn_channels=32", "--set", "head_channels=64",
-        "--set", "stacked_convs=1", "--set", "scale=128,128", "--set", "workers=0",
-        "--set", "warmup_iters=2", "--set", "log_interval=1", "--from-scratch"]
 TWO_PROCS = ["--device", "cpu", "--nproc", 2, "--batch-per-gpu", 1, "--lr", 0.01,
              "--eval-interval", 0, *TINY]
 
@@ -64,7 +60,7 @@ def worker_ranks(parent: int) -> dict[int, int]:
             continue
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid != parent or b"train_worker" not in (entry / "cmdline").read_bytes():
+            if ppid != parent or WORKER_MODULE.encode() not in (entry / "cmdline").read_bytes():
                 continue
             env = dict(item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0") if b"=" in item)
         except (OSError, IndexError, ValueError):
@@ -78,10 +74,7 @@ def signal_one_rank_mid_run(args: list, work: Path, rank: int | None, sig: int, 
     """Start `atss train ARGS`, and once `after` iterations are logged send `sig` to training
     process `rank` alone (None: to `atss train` itself, torchrun's launcher, which passes it on);
     returns the finished run."""
-    run_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    run_env.pop("ATSS_DEBUG", None)
-    child = subprocess.Popen([sys.executable, "-m", "atss_cli", "train", *map(str, args), "--work-dir", str(work)],
-                             cwd=ROOT, env=run_env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = start("train", *args, "--work-dir", work, env=env)
     metrics = work / "metrics.jsonl"
     deadline = time.time() + 240
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= after):
@@ -158,7 +151,7 @@ def test_under_slurm_rank_0_requeues_the_job_and_the_run_exits_0(coco_one_step, 
 
 
 def test_a_failed_requeue_is_one_line(tmp_path, monkeypatch):
-    from atss_cli.engine.preemption import request_requeue
+    from atss_cli.training.preemption import request_requeue
     from atss_cli.errors import AtssError
 
     fake = tmp_path / "scontrol"
