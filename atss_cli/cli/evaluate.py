@@ -66,6 +66,14 @@ def eval_command(
     amp: Annotated[Amp, typer.Option("--amp", help="Mixed precision: none, bf16 or fp16.")] = Amp.none,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", file_okay=False,
                                                       help="Annotation cache folder.")] = None,
+    # ---- issue 19: --analyze DIR, --onnx FILE
+    analyze: Annotated[Optional[Path], typer.Option(
+        "--analyze", file_okay=False, resolve_path=True,
+        help="Also write the error analysis here: PR curves, per-class AP, confusion matrix, TIDE, "
+             "a gallery, analysis.json and report.html.")] = None,
+    onnx: Annotated[Optional[Path], typer.Option(
+        "--onnx", help="An `atss export` file, run with ONNX Runtime on the CPU (instead of --checkpoint).",
+        exists=True, dir_okay=False, resolve_path=True)] = None,
 ) -> None:
     """Evaluate a checkpoint with COCOeval (bbox): the 12 standard metrics."""
     from atss_cli.engine.inference import parse_scale
@@ -87,10 +95,18 @@ def eval_command(
         fail(f"--split {split!r}: expected a split name like val2017")
     # What the results file and the table are named after: the split, or the annotation file.
     set_name = split if coco is not None else (ann.name[:-5] if ann.name.endswith(".json") else ann.name)
-    if (checkpoint is None) == (detections is None):
-        fail("give --checkpoint CKPT (run the model) or --detections FILE (score a results file), one of them")
+    if sum(x is not None for x in (checkpoint, detections, onnx)) != 1:
+        fail("give --checkpoint CKPT or --onnx FILE (run a model) or --detections FILE (score a results file), "
+             "one of them")
     if detections is not None:
-        _score_file(detections, coco, split, ann, images, cache_dir, evaluator.value, per_class, json_out, set_name)
+        metrics = _score_file(detections, coco, split, ann, images, cache_dir, evaluator.value, per_class, json_out,
+                              set_name)
+        _analyze(analyze, metrics, coco, split, ann, images, cache_dir, set_name)  # issue 19
+        return
+    if onnx is not None:  # ---- issue 19: --onnx, one process on the CPU
+        metrics = _eval_onnx(onnx, results, coco, split, ann, images, cache_dir, evaluator.value, per_class,
+                             json_out, set_name, gpus, nproc)
+        _analyze(analyze, metrics, coco, split, ann, images, cache_dir, set_name)
         return
     if results is None:
         results = Path.cwd() / f"{checkpoint.stem}.{set_name}.bbox.json"
@@ -117,7 +133,7 @@ def eval_command(
             coco=coco, ann=ann, images=images, checkpoint=checkpoint, split=split, depth=depth, fpn_channels=fpn_channels,
             head_channels=head_channels, stacked_convs=stacked_convs, evaluator=evaluator.value,
             json_out=json_out, results=results, per_class=per_class, device=dev, batch_size=batch_size,
-            workers=workers, scale=scale, amp=amp.value, cache_dir=cache_dir))
+            workers=workers, scale=scale, amp=amp.value, cache_dir=cache_dir, analyze=analyze))
         launch("atss_cli", args, nproc=procs, what="evaluation")
         return
 
@@ -139,11 +155,53 @@ def eval_command(
         return
     print_metrics(con, metrics, title=f"COCO bbox: {checkpoint.name} on {set_name}")
     _write_metrics(json_out, metrics)
+    _analyze(analyze, metrics, coco, split, ann, images, cache_dir, set_name)  # issue 19
+
+
+# ---- issue 19: --analyze and --onnx ------------------------------------------------------------
+def _analyze(out_dir: Path | None, metrics: dict, coco, split, ann, images, cache_dir, set_name: str) -> None:
+    """--analyze DIR: the error analysis of the detections just scored, against the ground truth
+    COCOeval scored them on (rank 0 only; the caller returns on the other ranks first)."""
+    if out_dir is None:
+        return
+    from atss_cli.engine.evaluate import _open, eval_ground_truth
+    from atss_cli.evaluation.analysis import analyze
+
+    cache = _open(coco, split, ann, images, cache_dir)
+    result = analyze(eval_ground_truth(cache), metrics["results"], out_dir,
+                     images_dir=cache.image_dir if cache.image_dir.is_dir() else None, name=set_name)
+    if result["gallery"].get("skipped"):
+        typer.echo(result["gallery"]["skipped"])
+    t = result["tide"]
+    worst = max(t["dap"], key=t["dap"].get)
+    typer.echo(f"analysis: {out_dir / 'report.html'} (TIDE AP50 {t['ap50']:.1f}; most lost to {worst}: "
+               f"{t['dap'][worst]:.1f}; {result['seconds']['total']:.1f} s)")
+
+
+def _eval_onnx(onnx: Path, results: Path | None, coco, split, ann, images, cache_dir, evaluator: str,
+               per_class: bool, json_out: Path | None, set_name: str, gpus, nproc: int) -> dict:
+    from atss_cli.cli.common import console
+    from atss_cli.engine.evaluate_onnx import evaluate_onnx
+
+    if gpus is not None or nproc != 1:
+        fail("--onnx runs in one process on the CPU; drop --gpus / --nproc")
+    results = (results or Path.cwd() / f"{onnx.stem}.{set_name}.bbox.json").resolve()
+    con = console()
+    progress, stop = _progress(con)
+    try:
+        metrics = evaluate_onnx(onnx, coco, split=split, ann=ann, images=images, cache_dir=cache_dir,
+                                evaluator=evaluator, per_class=per_class, results_path=results, progress=progress)
+    finally:
+        stop()
+    print_metrics(con, metrics, title=f"COCO bbox: {onnx.name} on {set_name}")
+    _write_metrics(json_out, metrics)
+    return metrics
+# ---- end of issue 19 ---------------------------------------------------------------------------
 
 
 def _score_file(detections: Path, coco: Path | None, split: str, ann: Path | None, images: Path | None,
                 cache_dir: Path | None, evaluator: str, per_class: bool, json_out: Path | None,
-                set_name: str) -> None:
+                set_name: str) -> dict:
     from atss_cli.cli.common import console
     from atss_cli.engine.evaluate import evaluate_detections_file
 
@@ -151,6 +209,7 @@ def _score_file(detections: Path, coco: Path | None, split: str, ann: Path | Non
                                        evaluator=evaluator, per_class=per_class)
     print_metrics(console(), metrics, title=f"COCO bbox: {detections.name} on {set_name}")
     _write_metrics(json_out, metrics)
+    return metrics
 
 
 def _write_metrics(json_out: Path | None, metrics: dict) -> None:
@@ -169,7 +228,7 @@ def _worker_args(a: dict) -> list[str]:
             "--batch-size", str(a["batch_size"]), "--workers", str(a["workers"]), "--amp", a["amp"]]
     for flag, key in (("--depth", "depth"), ("--fpn-channels", "fpn_channels"), ("--head-channels", "head_channels"),
                       ("--stacked-convs", "stacked_convs"), ("--scale", "scale"), ("--json", "json_out"),
-                      ("--cache-dir", "cache_dir")):
+                      ("--cache-dir", "cache_dir"), ("--analyze", "analyze")):
         if a[key] is not None:
             args += [flag, str(a[key])]
     if a["per_class"]:

@@ -208,8 +208,26 @@ def _evaluate(run: TrainRun, pos: Position, reporter: Reporter) -> dict:
     record = {"kind": "val", "epoch": pos.epoch, "iteration": pos.iteration, **metrics}
     run.log.val(record, metrics)
     reporter.evaluated(record)
+    if run.info.is_main and pos.epoch >= cfg.epochs:  # issue 19: the last evaluation's analysis
+        _write_analysis(run, run.work / f"results_epoch_{pos.epoch}.json", reporter)
     run.model.train()
     return metrics
+
+
+def _write_analysis(run: TrainRun, results: Path, reporter: Reporter) -> None:
+    """Issue 19: WORK_DIR/analysis (atss_cli.evaluation.analysis) of the detections of the last
+    evaluation, on rank 0. A failure is reported in one line and the run goes on."""
+    from atss_cli.engine.evaluate import eval_ground_truth
+    from atss_cli.evaluation.analysis import analyze
+
+    out = run.work / "analysis"
+    try:
+        analyze(eval_ground_truth(run.val_set), results, out, images_dir=run.val_set.image_dir,
+                name=run.val_set.ann_file.name)
+    except (AtssError, OSError, ValueError, KeyError) as exc:
+        reporter.info(f"analysis of {results.name} failed: {exc}")
+        return
+    reporter.info(f"analysis: {out / 'report.html'}")
 
 
 def _stopped_by_signal(run: TrainRun, pos: Position, stop: StopRequest, reporter: Reporter,

@@ -3,7 +3,7 @@
     plot_pr_all(pr, path)            all classes: one panel per area range, IoU .50 / .75 / mean
     plot_pr_per_class(pr, path)      one small panel per class (area "all")
     plot_per_class_ap(pr, path)      AP@[.5:.95] per class, a sorted bar chart
-    plot_confusion(confusion, path)  the [K+1, K+1] counts, rows normalised, on a log scale
+    plot_confusion(confusion, path)  the [K+1, K+1] counts, rows normalised, colours on a square-root scale
     plot_tide(tide, path)            dAP per error type and the false-positive / negative split
 Class names are drawn as plain text (no mathtext, so a "$" in a name stays a "$").
 """
@@ -94,7 +94,7 @@ def plot_per_class_ap(pr: dict, path) -> None:
 
 
 def plot_confusion(confusion: dict, path) -> None:
-    from matplotlib.colors import LogNorm
+    from matplotlib.colors import PowerNorm
 
     m = np.asarray(confusion["matrix"], dtype=float)
     labels = confusion["labels"]
@@ -105,7 +105,7 @@ def plot_confusion(confusion: dict, path) -> None:
         rows = m.sum(axis=1, keepdims=True)
         frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
         shown = np.where(frac > 0, frac, np.nan)
-        im = ax.imshow(shown, cmap="viridis", norm=LogNorm(vmin=1e-3, vmax=1))
+        im = ax.imshow(shown, cmap="viridis", norm=PowerNorm(gamma=0.5, vmin=0, vmax=1))
         ax.set_xticks(range(n), labels, rotation=90, fontsize=max(3, min(8, 400 // n)))
         ax.set_yticks(range(n), labels, fontsize=max(3, min(8, 400 // n)))
         ax.set_xlabel("detected as")
