@@ -65,8 +65,8 @@ def empty_share_losses(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     the other processes divide by the sums over the images that exist."""
     from atss_cli.model.loss import reduce_mean
 
-    param = next(p for p in model.parameters() if p.requires_grad)
-    zero = torch.zeros((), dtype=torch.float32, device=param.device)
+    first = next(p for p in model.parameters() if p.requires_grad)
+    zero = torch.zeros((), dtype=torch.float32, device=first.device)
     reduce_mean(zero)   # the positive count (avg_factor) ...
     reduce_mean(zero)   # ... and the centerness-target sum
     tied = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
