@@ -139,10 +139,10 @@ def test_tide_equals_recorded_tidecv_on_real_case():
     gt = load_ground_truth(REAL_GT)
     ours = tide_breakdown(gt, load_detections(REAL_DETS, gt)).as_dict()
     ref = json.loads((Path(__file__).parent / "data" / "analysis" / "tidecv_real_case.json").read_text())
-    assert abs(ours["ap50"] - ref["ap50"]) < 0.1
+    assert abs(ours["ap50"] - ref["ap50"]) < 1e-9
     for key in ("dap", "special_dap"):
         for name, value in ref[key].items():
-            assert abs(ours[key][name] - value) < 0.1, (key, name, ours[key][name], value)
+            assert abs(ours[key][name] - value) < 1e-9, (key, name, ours[key][name], value)
     assert ours["counts"] == ref["counts"]
 
 

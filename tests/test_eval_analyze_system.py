@@ -77,7 +77,9 @@ def test_report_renders_in_chromium_with_every_picture_and_no_console_message(tm
     assert f'data-images-loaded="{total}"' in body and 'data-images-failed="0"' in body, body
     console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console
-    shot = Path(os.environ.get("ATSS_SCREENSHOT_DIR", tmp_path)) / "report.png"
+    shot_dir = Path(os.environ.get("ATSS_SCREENSHOT_DIR", tmp_path))
+    shot_dir.mkdir(parents=True, exist_ok=True)
+    shot = shot_dir / "report.png"
     proc = subprocess.run([exe, *FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--hide-scrollbars",
                            "--window-size=1280,4000", f"--screenshot={shot}", url],
                           capture_output=True, text=True, timeout=180)
