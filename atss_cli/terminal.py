@@ -181,3 +181,17 @@ def print_metrics(con, metrics: dict, title: str = "COCO bbox") -> None:
 
 def _fmt(value: float) -> str:
     return "n/a" if value is None or value < 0 else f"{value:.3f}"
+
+
+def print_analysis(result: dict | None, out_dir) -> None:
+    """The lines `--analyze` adds: the gallery's skip reason, if any, and where the report is."""
+    if result is None:
+        return
+    from pathlib import Path
+
+    if result["gallery"].get("skipped"):
+        print(result["gallery"]["skipped"])
+    t = result["tide"]
+    worst = max(t["dap"], key=t["dap"].get)
+    print(f"analysis: {Path(out_dir) / 'report.html'} (TIDE AP50 {t['ap50']:.1f}; most lost to {worst}: "
+          f"{t['dap'][worst]:.1f}; {result['seconds']['total']:.1f} s)")

@@ -192,7 +192,7 @@ def test_prepare_files_layout_with_out_writes_nothing_into_the_dataset(dataset, 
     # Each picture is its image with the boxes drawn in the class colours.
     from atss_cli.data.cache import load_ann as load
     from atss_cli.data.transforms import read_image
-    from atss_cli.engine.draw import class_color
+    from atss_cli.drawing import class_color
 
     cache = load(train_ann, images, cache_dir=out)
     for f in drawn["files"]:
@@ -287,7 +287,8 @@ def test_eval_files_without_area_scores_ground_truth_ap_1_in_every_size_range(da
 
 
 def test_eval_ground_truth_leaves_out_duplicates_and_fills_ids(tmp_path):
-    from atss_cli.engine.evaluate import coco_evaluate, eval_ground_truth
+    from atss_cli.evaluation.cocoeval import coco_evaluate
+    from atss_cli.evaluation.ground_truth import eval_ground_truth
 
     pytest.importorskip("pycocotools")
     root = tmp_path / "d"

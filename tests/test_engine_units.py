@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from atss_cli.config import TrainConfig, apply_overrides, from_dict, to_json, validate
-from atss_cli.engine.checkpoint import atomic_save
-from atss_cli.engine.schedule import accumulation_steps, learning_rate
+from atss_cli.training.checkpoint import atomic_save
+from atss_cli.training.schedule import accumulation_steps, learning_rate
 from atss_cli.errors import AtssError
 
 
@@ -73,7 +73,7 @@ def test_atomic_save_never_leaves_a_torn_file(tmp_path):
     # A writer killed mid-write (simulated by a child that dies inside torch.save) leaves the old file.
     code = (
         "import os, torch\n"
-        "from atss_cli.engine import checkpoint as c\n"
+        "from atss_cli.training import checkpoint as c\n"
         "class Boom:\n"
         "    def __reduce__(self):\n"
         "        os._exit(9)\n"

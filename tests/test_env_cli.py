@@ -114,7 +114,7 @@ def test_env_says_which_code_each_gpu_runs(monkeypatch, capsys, capability, with
     monkeypatch.setattr(extension, "build_info", lambda: info)
     assert main(["env"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    from atss_cli.cli.env import collect_env
+    from atss_cli.environment import collect_env
 
     data = collect_env()
     gpu = data["gpus"][0]

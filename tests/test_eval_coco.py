@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from atss_cli.engine.coco_results import detections_to_coco, load_coco_categories, write_json_atomic
-from atss_cli.engine.evaluate import METRIC_NAMES, coco_evaluate, run_inference
+from atss_cli.data.categories import load_coco_categories
+from atss_cli.data.coco_results import detections_to_coco, write_json_atomic
+from atss_cli.evaluation.cocoeval import METRIC_NAMES, coco_evaluate
+from atss_cli.evaluation.gather import run_inference
 from atss_cli.errors import AtssError
 
 CATS = ((1, "cat"), (3, "dog"), (7, "bird"))

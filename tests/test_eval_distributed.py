@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from test_eval_coco import FakeDetector, fake_batches
 
-from atss_cli.engine.evaluate import run_inference
+from atss_cli.evaluation.gather import run_inference
 
 IMAGE_IDS = [11, 12, 13, 14, 15]
 
@@ -32,7 +32,7 @@ def _worker(rank, world, port, out_dir):
 
 
 def test_two_gloo_ranks_give_every_image_once(tmp_path):
-    from atss_cli.engine.distributed import free_port
+    from atss_cli.launch.torchrun import free_port
 
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     rank0 = json.loads((tmp_path / "rank0.json").read_text())

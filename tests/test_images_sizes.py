@@ -160,7 +160,7 @@ class _WholeImage(torch.nn.Module):
 
 
 def test_predict_uses_the_test_pipeline_in_the_displayed_frame(tmp_path):
-    from atss_cli.engine.predict import predict_files
+    from atss_cli.inference.predict import predict_files
 
     shown = _exif_jpeg(tmp_path / "turned.jpg", 200, 120, 8)
     _write_plain(tmp_path / "strip.png", 2000, 100)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atss_cli.engine.schedule import batch_note, learning_rate, warmup_factor
+from atss_cli.training.schedule import batch_note, learning_rate, warmup_factor
 
 
 def mmengine_linear_lr(base_lr: float, start_factor: float, begin: int, end: int, iterations: int) -> list[float]:

@@ -66,19 +66,27 @@ def eval_command(
     amp: Annotated[Amp, typer.Option("--amp", help="Mixed precision: none, bf16 or fp16.")] = Amp.none,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", file_okay=False,
                                                       help="Annotation cache folder.")] = None,
+    analyze: Annotated[Optional[Path], typer.Option(
+        "--analyze", file_okay=False, resolve_path=True,
+        help="Also write the error analysis here: PR curves, per-class AP, confusion matrix, TIDE, "
+             "a gallery, analysis.json and report.html.")] = None,
+    onnx: Annotated[Optional[Path], typer.Option(
+        "--onnx", help="An `atss export` file, run with ONNX Runtime on the CPU (instead of --checkpoint).",
+        exists=True, dir_okay=False, resolve_path=True)] = None,
 ) -> None:
     """Evaluate a checkpoint with COCOeval (bbox): the 12 standard metrics."""
     from atss_cli import terminal
     from atss_cli.inference.checkpoint import parse_scale
-    from atss_cli.launch.evaluation import evaluation_request, run_evaluation
+    from atss_cli.launch.evaluation import analyze_evaluation, evaluation_request, run_evaluation
     from atss_cli.launch.plan import Processes
 
     request = evaluation_request(
-        checkpoint=checkpoint, detections=detections, coco=coco, split=split, ann=ann, images=images,
+        checkpoint=checkpoint, onnx=onnx, detections=detections, coco=coco, split=split, ann=ann, images=images,
         cache_dir=cache_dir, model_overrides={"depth": depth, "fpn_channels": fpn_channels,
                                               "head_channels": head_channels, "stacked_convs": stacked_convs},
         device=device.value, batch_size=batch_size, workers=workers, scale=parse_scale(scale),
-        evaluator=evaluator.value, per_class=per_class, results=results, amp=amp.value, json_out=json_out)
+        evaluator=evaluator.value, per_class=per_class, results=results, amp=amp.value, json_out=json_out,
+        analyze=analyze)
     con = terminal.console()
     progress, stop = terminal.progress_bar(con) if int(os.environ.get("RANK", "0")) == 0 else (None, lambda: None)
     try:
@@ -90,3 +98,4 @@ def eval_command(
     terminal.print_metrics(con, metrics, title=request.title)
     if json_out is not None:
         typer.echo(f"metrics: {json_out}")
+    terminal.print_analysis(analyze_evaluation(request, metrics), analyze)

@@ -4,6 +4,7 @@ The flags become a TrainConfig and a Processes; atss_cli.launch.training.run_tra
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -71,6 +72,12 @@ def train_command(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field: key=value.")] = None,
 ) -> None:
     """Train ATSS (default: R50-FPN, 1x schedule, total batch 16)."""
+    from atss_cli.terminal import debug_enabled
+
+    if not debug_enabled():
+        # Before torch is imported (launch.training imports it): c10d's C++ side logs every retried
+        # connection with a stack trace; our one-line errors say what failed (ATSS_DEBUG=1 shows it all).
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
     from atss_cli.config import TrainConfig, apply_overrides
     from atss_cli.launch.plan import Processes
     from atss_cli.launch.training import run_training, sbatch_for

@@ -128,13 +128,14 @@ def evaluate(model, cache, *, device, batch_size: int = 1, workers: int = 2,
     return metrics
 
 
-def _open(coco, split, ann, images, cache_dir):
-    from atss_cli.data.cache import open_dataset
+def open_dataset(coco, split, ann, images, cache_dir):
+    """The split's CocoCache: `coco` + `split`, or the JSON `ann` with its image folder `images`."""
+    from atss_cli.data.cache import open_dataset as open_cache
 
-    return open_dataset(coco=Path(coco) if coco is not None else None, split=split,
-                        ann=Path(ann) if ann is not None else None,
-                        images=Path(images) if images is not None else None,
-                        cache_dir=Path(cache_dir) if cache_dir else None)
+    return open_cache(coco=Path(coco) if coco is not None else None, split=split,
+                      ann=Path(ann) if ann is not None else None,
+                      images=Path(images) if images is not None else None,
+                      cache_dir=Path(cache_dir) if cache_dir else None)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, coco: str | Path | None = None, *, split: str = "val2017",
@@ -169,7 +170,7 @@ def evaluate_checkpoint(checkpoint: str | Path, coco: str | Path | None = None, 
     try:
         if dev.type == "cuda" and dist_info.enabled:
             dev = torch.device("cuda", dist_info.local_rank)
-        cache = _open(coco, split, ann, images, cache_dir)
+        cache = open_dataset(coco, split, ann, images, cache_dir)
         loaded = load_detector(checkpoint, num_classes=cache.num_classes, device=dev, overrides=model_overrides,
                                scale=scale, info=info_ckpt)
         use_scale = loaded.scale
@@ -195,7 +196,7 @@ def check_eval_inputs(checkpoint: str | Path, coco: str | Path | None = None, *,
     from atss_cli.inference.checkpoint import load_detector, read_checkpoint_info
 
     info = read_checkpoint_info(checkpoint)
-    cache = _open(coco, split, ann, images, cache_dir)
+    cache = open_dataset(coco, split, ann, images, cache_dir)
     load_detector(checkpoint, num_classes=cache.num_classes, device="cpu", overrides=model_overrides, info=info)
 
 
@@ -233,7 +234,7 @@ def evaluate_detections_file(detections: str | Path, coco: str | Path | None = N
     Category ids must be the annotation file's. Returns `coco_evaluate`'s dict plus
     "num_images", "num_detections", "seconds_eval", "split", "results" (the file)."""
     check_evaluator(evaluator)
-    cache = _open(coco, split, ann, images, cache_dir)
+    cache = open_dataset(coco, split, ann, images, cache_dir)
     records = load_detections(detections)
     known = {int(c["id"]) for c in cache.categories}
     unknown = {r["category_id"] for r in records} - known

@@ -30,12 +30,6 @@ LAUNCH_FILE = "launch_config.json"
 
 def run_training(cfg: TrainConfig, processes: Processes = Processes(), *, resume: bool = True,
                  warn: Callable[[str], None] | None = None) -> dict:
-    from atss_cli.terminal import debug_enabled
-
-    if not debug_enabled():
-        # c10d's C++ side logs every retried connection with a stack trace, before torch is
-        # imported or never: our one-line errors say what failed (ATSS_DEBUG=1 shows it all).
-        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
     from atss_cli.distributed.group import ENV_JOIN_TIMEOUT, ENV_TIMEOUT
     from atss_cli.launch import slurm
 

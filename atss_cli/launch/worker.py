@@ -71,7 +71,7 @@ def evaluate_rank(request_file: str) -> int:
 
     rank = int(os.environ.get("RANK", "0"))
     try:
-        from atss_cli.launch.evaluation import EvalRequest, evaluate_as_rank
+        from atss_cli.launch.evaluation import EvalRequest, analyze_evaluation, evaluate_as_rank
 
         request = EvalRequest.from_json(request_file)
         con = terminal.console()
@@ -84,6 +84,7 @@ def evaluate_rank(request_file: str) -> int:
             terminal.print_metrics(con, metrics, title=request.title)
             if request.json_out is not None:
                 print(f"metrics: {request.json_out}")
+            terminal.print_analysis(analyze_evaluation(request, metrics), request.analyze)
     except BaseException as exc:  # noqa: BLE001 - one line per failing rank, never a traceback
         if isinstance(exc, SystemExit):
             raise

@@ -20,6 +20,7 @@ This file is the recipe (`_run_recipe`); its steps live beside it:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -209,8 +210,26 @@ def _evaluate(run: TrainRun, pos: Position, reporter: Reporter) -> dict:
     record = {"kind": "val", "epoch": pos.epoch, "iteration": pos.iteration, **metrics}
     run.log.val(record, metrics)
     reporter.evaluated(record)
+    if run.info.is_main and pos.epoch >= cfg.epochs:  # the last evaluation: its analysis beside the run
+        _write_analysis(run, run.work / f"results_epoch_{pos.epoch}.json", reporter)
     run.model.train()
     return metrics
+
+
+def _write_analysis(run: TrainRun, results: Path, reporter: Reporter) -> None:
+    """WORK_DIR/analysis (atss_cli.evaluation.analysis) of the detections of the last
+    evaluation, on rank 0. A failure is reported in one line and the run goes on."""
+    from atss_cli.evaluation.ground_truth import eval_ground_truth
+    from atss_cli.evaluation.analysis import analyze
+
+    out = run.work / "analysis"
+    try:
+        analyze(eval_ground_truth(run.val_set), results, out, images_dir=run.val_set.image_dir,
+                name=run.val_set.ann_file.name)
+    except (AtssError, OSError, ValueError, KeyError) as exc:
+        reporter.info(f"analysis of {results.name} failed: {exc}")
+        return
+    reporter.info(f"analysis: {out / 'report.html'}")
 
 
 def _stopped_by_signal(run: TrainRun, pos: Position, stop: StopRequest, reporter: Reporter,
