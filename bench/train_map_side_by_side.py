@@ -6,7 +6,7 @@
 Not in CI: about an hour on 2 CPU cores with the defaults. For each seed, both sides start from
 the same initial weights (our `build_atss` init under that seed) and train on the same batches
 (our pipeline and sampler under that seed: order, flips, the epoch's joined leftovers), the way
-bench/trajectory.py feeds them: ours is `atss_cli.engine.train.train`, MMDetection's is its
+bench/trajectory.py feeds them: ours is `atss_cli.training.train.train`, MMDetection's is its
 `atss_r50_fpn_1x_coco` config edited to the demo's preset (ResNet-18, 64-channel FPN and head,
 every stage and BatchNorm trained: frozen_stages=-1, norm_eval=False), its optimizer wrapper and
 parameter schedulers (bench/mmdet_trajectory.py). Both final models are then evaluated by the
@@ -46,8 +46,8 @@ SIZE = 192
 def run_seed(seed: int, args, data: Path, num_classes: int, work: Path) -> dict:
     from atss_cli.config import TrainConfig
     from atss_cli.data import build_train_loader, load_split
-    from atss_cli.engine.evaluate import evaluate
-    from atss_cli.engine.train import SilentReporter, train
+    from atss_cli.evaluation.evaluate import evaluate
+    from atss_cli.training.train import SilentReporter, train
     from atss_cli.model import build_atss
 
     torch.manual_seed(seed)

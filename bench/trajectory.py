@@ -6,7 +6,7 @@
 Both sides start from the same weights (our `build_atss` init, seed 0, saved once) and train on
 the same batches: the images, flips and targets our training pipeline produced (1 process,
 2 images a batch, our aspect-grouped sampler, no accumulation), fed as they are to MMDetection's
-`model.loss` (bench/mmdet_trajectory.py). Our side is `atss_cli.engine.train.train` itself (its
+`model.loss` (bench/mmdet_trajectory.py). Our side is `atss_cli.training.train.train` itself (its
 optimizer, lr schedule and step); MMDetection's is its `atss_r50_fpn_1x_coco` config: the model,
 `build_optim_wrapper` (DefaultOptimWrapperConstructor) and its two parameter schedulers. The
 schedule keeps its shape but shrinks: epochs of 8 iterations (16 generated images), milestones
@@ -97,7 +97,7 @@ def our_batches(inputs: dict, iters: int) -> tuple[list[dict], int]:
 
 def our_trajectory(inputs: dict, work: Path, iters: int) -> dict:
     """Train with atss_cli itself; lrs, losses, final weights and momentum buffers by name."""
-    from atss_cli.engine.train import SilentReporter, train
+    from atss_cli.training.train import SilentReporter, train
     from atss_cli.model import build_atss
 
     cfg = train_config(inputs, work, iters)
