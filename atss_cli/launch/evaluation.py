@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -126,7 +127,7 @@ def run_evaluation(request: EvalRequest, processes: Processes = Processes(), *,
         # A results file is scored in this process; inside torchrun this process is one rank.
         return evaluate_as_rank(request, progress=progress)
     procs, device = process_plan(processes.gpus, processes.nproc, processes.device)
-    request = EvalRequest(**{**asdict(request), "device": device, "scale": request.scale})
+    request = dataclasses.replace(request, device=device)
     if procs == 1:
         return evaluate_as_rank(request, progress=progress)
 

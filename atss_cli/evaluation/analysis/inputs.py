@@ -50,16 +50,19 @@ class Detections:
     dropped: int               # records on images the ground truth does not hold
 
 
+def _read_json(path: Path, what: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as exc:
+        raise AtssError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise AtssError(f"{path}: not a JSON file ({exc})") from None
+
+
 def load_ground_truth(gt) -> GroundTruth:
     if isinstance(gt, (str, Path)):
-        path = Path(gt)
-        try:
-            with open(path) as f:
-                gt = json.load(f)
-        except OSError as exc:
-            raise AtssError(f"cannot read the annotation file {path}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise AtssError(f"{path}: not a JSON file ({exc})") from None
+        gt = _read_json(Path(gt), "annotation file")
     if not isinstance(gt, dict) or "images" not in gt or "annotations" not in gt:
         raise AtssError("ground truth must be a COCO dict with 'images' and 'annotations'")
     images = gt["images"]
@@ -85,14 +88,7 @@ def load_ground_truth(gt) -> GroundTruth:
 
 def load_detections(dets, gt: GroundTruth) -> Detections:
     if isinstance(dets, (str, Path)):
-        path = Path(dets)
-        try:
-            with open(path) as f:
-                dets = json.load(f)
-        except OSError as exc:
-            raise AtssError(f"cannot read the detections file {path}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise AtssError(f"{path}: not a JSON file ({exc})") from None
+        dets = _read_json(Path(dets), "detections file")
     if not isinstance(dets, list):
         raise AtssError("detections must be a list of COCO results")
     d = len(dets)
