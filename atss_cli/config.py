@@ -30,6 +30,8 @@ class TrainConfig:
     scale: tuple[int, int] = (1333, 800)  # keep-ratio resize: fit inside (long, short)
     flip_prob: float = 0.5               # horizontal flip probability in training
     workers: int = 2                     # data loader processes per training process
+    drop_last: bool = False              # True: drop each epoch's leftovers of the aspect groups (the rule before
+                                         # MMDetection's, which joins them into batches, the last smaller)
 
     # --- model ---
     depth: int = 50                      # ResNet depth: 18, 34, 50 or 101

@@ -178,15 +178,16 @@ def test_train_loader_epoch(syn):
     batches = list(loader)
     assert len(batches) == len(sampler) == len(loader)
     seen = Counter()
-    for b in batches:
-        assert b["images"].shape[0] == 2 and b["images"].shape[2] % 32 == 0 and b["images"].shape[3] % 32 == 0
+    for i, b in enumerate(batches):
+        assert b["images"].shape[0] == 2 or (i == len(batches) - 1 and b["images"].shape[0] == 1)  # last may be short
+        assert b["images"].shape[2] % 32 == 0 and b["images"].shape[3] % 32 == 0
         for t in b["targets"]:
             assert t["boxes"].dtype == torch.float32 and t["labels"].dtype == torch.int64
             assert t["boxes"].shape[0] == t["labels"].shape[0]
             h, w = t["img_shape"]
             assert (t["boxes"][:, 2] <= w).all() and (t["boxes"][:, 3] <= h).all()
         seen.update(b["indices"])
-    assert set(seen.values()) == {1} and set(seen) <= set(cache.train_indices().tolist())
+    assert set(seen.values()) == {1} and set(seen) == set(cache.train_indices().tolist())  # every image once
 
 
 def test_train_loader_with_workers_matches_workers_0(syn):

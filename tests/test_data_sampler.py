@@ -24,7 +24,7 @@ def epoch(landscape, total, world, epoch_no=0, seed=3, **kw):
         s.set_epoch(epoch_no)
         per_rank.append(list(s))
         assert len(per_rank[-1]) == len(s)
-        assert all(len(b) == total // world for b in per_rank[-1])
+        assert all(len(b) == total // world for b in per_rank[-1][:-1])   # only the last may be short
     return [sum((pr[i] for pr in per_rank), []) for i in range(len(per_rank[0]))]
 
 
@@ -39,25 +39,77 @@ def test_each_image_once_per_epoch_across_ranks(world):
             assert len({bool(land[p]) for p, _ in b}) == 1
 
 
-def test_leftovers_are_dropped_and_never_repeated():
+def test_drop_last_true_drops_leftovers_and_never_repeats():
     land = flags(13, 10)                       # 13 % 4 = 1 and 10 % 4 = 2 images left over
-    s = GroupedGlobalBatchSampler(land, 4, world_size=2, rank=0)
+    s = GroupedGlobalBatchSampler(land, 4, world_size=2, rank=0, drop_last=True)
     assert len(s) == 3 + 2
     orders = []
     for e in range(4):
-        steps = epoch(land, 4, 2, e)
+        steps = epoch(land, 4, 2, e, drop_last=True)
         seen = Counter(p for b in steps for p, _ in b)
         assert set(seen.values()) == {1} and len(seen) == 23 - 3
         orders.append([p for b in steps for p, _ in b])
     assert len({tuple(o) for o in orders}) == 4      # a new permutation every epoch
 
 
-def test_drop_last_false_uses_every_image():
-    land = flags(13, 10)
-    steps = epoch(land, 4, 2, 1, drop_last=False)
-    assert len(steps) == 3 + 2 + 1
-    seen = Counter(p for b in steps for p, _ in b)
-    assert sorted(seen) == list(range(23)) and sum(seen.values()) == 24   # one image twice, to fill the last batch
+def mmdet_aspect_ratio_batches(order, landscape, batch_size):
+    """MMDetection 3.3.0's AspectRatioBatchSampler.__iter__ (drop_last=False, its default),
+    transcribed: `order` is the sampler's permutation, bucket 0 holds w < h."""
+    buckets, out = [[], []], []
+    for idx in order:
+        bucket = buckets[1 if landscape[idx] else 0]
+        bucket.append(int(idx))
+        if len(bucket) == batch_size:
+            out.append(bucket[:])
+            del bucket[:]
+    left = buckets[0] + buckets[1]
+    while left:
+        out.append(left[:batch_size])
+        left = left[batch_size:]
+    return out
+
+
+@pytest.mark.parametrize("n0, n1, batch", [(13, 10, 4), (6, 10, 4), (1, 0, 2), (5, 2, 8), (3, 3, 1), (7, 9, 3)])
+def test_leftovers_joined_as_mmdetection_every_image_once(n0, n1, batch):
+    land = flags(n0, n1)
+    for e in range(3):
+        s = GroupedGlobalBatchSampler(land, batch, seed=3)
+        s.set_epoch(e)
+        ours = [[p for p, _ in b] for b in s]
+        perm = np.random.default_rng([3, e]).permutation(n0 + n1)
+        assert ours == mmdet_aspect_ratio_batches(perm, land, batch)
+        assert len(ours) == len(s) == -(-(n0 + n1) // batch)
+        assert sorted(p for b in ours for p in b) == list(range(n0 + n1))
+
+
+def test_sixteen_photos_two_aspects_batch_4_train_on_all_16():
+    land = flags(6, 10)                        # 6 portrait, 10 landscape: 2 + 2 left over
+    steps = epoch(land, 4, 1, 0)
+    assert [len(b) for b in steps] == [4, 4, 4, 4]
+    assert sorted(p for b in steps for p, _ in b) == list(range(16))
+    assert len({bool(land[p]) for p, _ in steps[-1]}) == 2   # the joined leftovers mix both groups
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_short_last_batch_splits_by_rank_slices_rank_0_first(world):
+    land = flags(0, 9)                         # batch 8: one full batch, then 1 image left
+    per_rank = []
+    for r in range(world):
+        s = GroupedGlobalBatchSampler(land, 8, world_size=world, rank=r, seed=1)
+        s.set_epoch(0)
+        per_rank.append(list(s))
+        assert len(per_rank[-1]) == len(s) == 2    # every rank takes both steps, empty or not
+    assert [len(pr[1]) for pr in per_rank] == [1] + [0] * (world - 1)
+    assert epoch(land, 8, world, seed=1) == epoch(land, 8, 1, seed=1)   # same images and seeds as 1 process
+
+
+def test_resume_inside_an_epoch_with_a_short_last_batch():
+    land = flags(5, 6)
+    full = list(GroupedGlobalBatchSampler(land, 4, world_size=2, rank=0, seed=2))
+    for step in range(len(full) + 1):
+        s = GroupedGlobalBatchSampler(land, 4, world_size=2, rank=0, seed=2)
+        s.load_state_dict({"epoch": 0, "step": step})
+        assert list(s) == full[step:]
 
 
 def test_same_images_for_one_process_batch_2_and_two_processes_batch_1():

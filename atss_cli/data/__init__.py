@@ -64,13 +64,13 @@ Contract (issue 4; the engine codes against these names):
                          "indices": [cache indices], "flipped": [bool]}
 
     GroupedGlobalBatchSampler(landscape, total_batch, *, world_size=1, rank=0, seed=0,
-                              drop_last=True)
+                              drop_last=False)
         len() = steps per epoch; set_epoch(e); set_position(e, step); state_dict() ->
         {"epoch", "step"}; load_state_dict(d). Yields lists of (position, augmentation seed).
     TestShardSampler(num_images, batch_size=1, *, world_size=1, rank=0)
 
     build_train_loader(cache, *, batch_per_rank, world_size=1, rank=0, seed=0, workers=2,
-                       scale=(1333, 800), flip_prob=0.5, max_corrupt=100, drop_last=True,
+                       scale=(1333, 800), flip_prob=0.5, max_corrupt=100, drop_last=False,
                        pin_memory=False) -> (DataLoader, GroupedGlobalBatchSampler)
     build_test_loader(cache, *, batch_size=1, world_size=1, rank=0, workers=2,
                       scale=(1333, 800), pin_memory=False) -> DataLoader

@@ -215,6 +215,8 @@ def collate(samples: list[dict]) -> dict:
     targets = [{"boxes": s["boxes"], "labels": s["labels"], "img_shape": s["img_shape"],
                 "ori_shape": s["ori_shape"], "scale_factor": s["scale_factor"], "image_id": s["image_id"]}
                for s in samples]
-    return {"images": pad_batch([s["image"] for s in samples]), "targets": targets,
+    # A rank's share of an epoch's short last batch may be empty: [0, 3, 32, 32] and no targets.
+    images = pad_batch([s["image"] for s in samples]) if samples else torch.zeros((0, 3, 32, 32))
+    return {"images": images, "targets": targets,
             "skipped": [name for s in samples for name in s["skipped"]],
             "indices": [s["index"] for s in samples], "flipped": [s["flipped"] for s in samples]}

@@ -11,7 +11,7 @@ from atss_cli.data.sampler import GroupedGlobalBatchSampler, TestShardSampler
 
 def build_train_loader(cache: CocoCache, *, batch_per_rank: int, world_size: int = 1, rank: int = 0,
                        seed: int = 0, workers: int = 2, scale: tuple[int, int] = DEFAULT_SCALE,
-                       flip_prob: float = 0.5, max_corrupt: int = 100, drop_last: bool = True,
+                       flip_prob: float = 0.5, max_corrupt: int = 100, drop_last: bool = False,
                        pin_memory: bool = False):
     """(DataLoader, GroupedGlobalBatchSampler) over the training images of `cache`.
 

@@ -8,12 +8,18 @@ GroupedGlobalBatchSampler
     world_size. The global batches depend on (seed, epoch, total_batch) only, so 1 process with
     batch 2 and 2 processes with batch 1 see the same images at the same steps.
 
-    Epoch end: with drop_last=True (default) the fewer than `total_batch` images left in each
-    bucket are not used this epoch (at most 2 * (total_batch - 1) images, different ones each
-    epoch, as MMDetection with drop_last); every other image is used exactly once. With
-    drop_last=False the leftovers of both buckets form mixed global batches after the grouped
-    ones, the last one filled up with images from the start of the epoch's permutation (those
-    few are seen twice).
+    Epoch end, as MMDetection's AspectRatioBatchSampler: with drop_last=False (default, its
+    default) the fewer than `total_batch` images left in each bucket are joined (the portrait
+    bucket's, then the landscape bucket's, each in the order they arrived) and cut into global
+    batches of `total_batch` after the grouped ones, the last one smaller (never filled up with
+    images seen before): every image is used exactly once per epoch, and
+    len = ceil(n / total_batch). With drop_last=True (the rule before it) the leftovers are not
+    used this epoch (at most 2 * (total_batch - 1) images, different ones each epoch).
+
+    A short last global batch of s images splits as every batch does: rank r takes positions
+    [r * b, (r + 1) * b) of it, so the first ceil(s / b) ranks get images (rank 0 always) and
+    the others an empty list; the training step still runs every collective on such a rank
+    (its loss is zero), so the summed gradient is that of the s images whatever the world size.
 
     Each element is a pair (dataset position, augmentation seed); the datasets of this package
     draw the flip from that seed, so flips too are independent of processes and resumes.
@@ -40,7 +46,7 @@ from atss_cli.errors import AtssError
 
 class GroupedGlobalBatchSampler:
     def __init__(self, landscape, total_batch: int, *, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 drop_last: bool = True):
+                 drop_last: bool = False):
         self.flags = np.asarray(landscape, dtype=bool)
         if total_batch < 1 or world_size < 1 or total_batch % world_size:
             raise AtssError(f"total batch {total_batch} must be a positive multiple of the world size {world_size}")
@@ -78,7 +84,8 @@ class GroupedGlobalBatchSampler:
         return steps
 
     def global_batches(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(positions int64 [steps, total_batch], augmentation seeds int64 [steps, total_batch])."""
+        """(positions int64 [steps, total_batch], augmentation seeds int64 [steps, total_batch]);
+        a short last batch is padded with position -1 (seed -1)."""
         b, n = self.total_batch, len(self.flags)
         rng = np.random.default_rng([self.seed, int(epoch)])
         perm = rng.permutation(n)
@@ -86,7 +93,7 @@ class GroupedGlobalBatchSampler:
         batches, done_at, leftovers = [], [], []
         when = np.empty(n, dtype=np.int64)
         when[perm] = np.arange(n)
-        for g in (False, True):
+        for g in (False, True):  # MMDetection's bucket 0 (portrait, w < h), then 1 (landscape)
             members = perm[self.flags[perm] == g]
             k = len(members) // b
             full = members[:k * b].reshape(k, b)
@@ -96,14 +103,12 @@ class GroupedGlobalBatchSampler:
         order = np.argsort(np.concatenate(done_at), kind="stable")  # the order buckets fill up
         plan = np.concatenate(batches)[order] if order.size else np.zeros((0, b), dtype=np.int64)
         if not self.drop_last:
-            rest = np.concatenate(leftovers)
-            rest = rest[np.argsort(when[rest], kind="stable")]
+            rest = np.concatenate(leftovers)  # portrait leftovers, then landscape, as MMDetection joins them
             if rest.size:
-                pad = (-rest.size) % b
-                rest = np.concatenate([rest, perm[:pad]])
+                rest = np.concatenate([rest, np.full((-rest.size) % b, -1, dtype=rest.dtype)])
                 plan = np.concatenate([plan, rest.reshape(-1, b)])
         plan = plan.astype(np.int64).reshape(-1, b)
-        return plan, aug[plan]
+        return plan, np.where(plan >= 0, aug[plan], -1)
 
     def __iter__(self):
         epoch, start = self.epoch, self._start
@@ -112,7 +117,7 @@ class GroupedGlobalBatchSampler:
         lo, hi = self.rank * self.per_rank, (self.rank + 1) * self.per_rank
         for step in range(start, len(plan)):
             self._next = step + 1
-            yield [(int(p), int(s)) for p, s in zip(plan[step, lo:hi], seeds[step, lo:hi])]
+            yield [(int(p), int(s)) for p, s in zip(plan[step, lo:hi], seeds[step, lo:hi]) if p >= 0]
 
 
 class TestShardSampler:

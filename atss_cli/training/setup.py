@@ -24,7 +24,7 @@ from atss_cli.training.pretrained import pretrained_weights
 from atss_cli.training.run_log import RunLog
 from atss_cli.training.schedule import batch_note, plan_batches
 from atss_cli.training.run import Position, TrainRun
-from atss_cli.training.state import archive_previous_run, category_diff, restore
+from atss_cli.training.state import archive_previous_run, category_diff, restore, resume_drop_last
 from atss_cli.training.step import LossModule
 from atss_cli.errors import AtssError
 
@@ -50,10 +50,14 @@ def prepare_run(cfg: TrainConfig, reporter, info: distributed.DistInfo, resume: 
     if cfg.channels_last:
         model.to(memory_format=memory_format)
 
+    # A resume keeps the epoch-end rule its latest.pth was written under (one line if not the command's).
+    drop_last, note = resume_drop_last(work / ckpt_io.LATEST, cfg) if resuming else (cfg.drop_last, None)
+    if note:
+        reporter.info(note)
     loader, sampler = build_train_loader(
         train_set, batch_per_rank=cfg.batch_per_gpu, world_size=info.world_size, rank=info.rank,
         seed=cfg.seed, workers=cfg.workers, scale=tuple(cfg.scale), flip_prob=cfg.flip_prob,
-        max_corrupt=cfg.max_bad_images, pin_memory=device.type == "cuda")
+        max_corrupt=cfg.max_bad_images, drop_last=drop_last, pin_memory=device.type == "cuda")
     if len(sampler) == 0:
         raise AtssError(f"{cfg.train_split if cfg.coco else cfg.train_ann}: {len(train_set.train_indices())} "
                         "usable training images, "
@@ -67,6 +71,7 @@ def prepare_run(cfg: TrainConfig, reporter, info: distributed.DistInfo, resume: 
     derived = {"world_size": info.world_size, "accumulate": plan.accumulate, "total_batch": plan.total_batch,
                "lr": plan.base_lr, "iters_per_epoch": plan.iters_per_epoch, "total_iters": plan.total_iters,
                "num_classes": train_set.num_classes, "train_images": len(train_set.train_indices()),
+               "drop_last": drop_last,
                "device": str(device)}
     run = TrainRun(cfg=cfg, info=info, device=device, work=work, train_set=train_set, val_set=val_set,
                    model=model, loss_module=model, optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype,

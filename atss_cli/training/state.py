@@ -24,7 +24,8 @@ RUN_FILES = ("latest.pth", "config.json", "metrics.jsonl", "curves.png")
 ARCH_FIELDS = ("depth", "fpn_channels", "head_channels", "stacked_convs")
 # Fields a resume may change without a note: where things are, how much to log, how long to run.
 _FREE_TO_CHANGE = {"work_dir", "coco", "train_ann", "train_images", "val_ann", "val_images", "cache_dir", "workers",
-                   "log_interval", "max_iters", "eval_interval", "pretrained", "load_from", "from_scratch", "device"}
+                   "log_interval", "max_iters", "eval_interval", "pretrained", "load_from", "from_scratch", "device",
+                   "drop_last"}  # drop_last: a resume keeps the checkpoint's rule and says so (resume_drop_last)
 
 
 def save_checkpoint(run: TrainRun, pos: Position, *, epoch_file: bool, collective: bool = True) -> None:
@@ -42,7 +43,7 @@ def save_checkpoint(run: TrainRun, pos: Position, *, epoch_file: bool, collectiv
         "state_dict": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
         "epoch": pos.epoch, "step": pos.step, "iteration": pos.iteration,
-        "global_batch": run.plan.global_batch,
+        "global_batch": run.plan.global_batch, "drop_last": run.sampler.drop_last,
         "sampler": {"epoch": pos.epoch, "step": pos.step}, "rng": rng,
         "world_size": run.info.world_size, "config": run.cfg.to_dict(),
         "categories": list(run.train_set.categories),
@@ -78,6 +79,24 @@ def restore(run: TrainRun, reporter) -> Position:
     run.log.truncate(iteration=pos.iteration, epoch=pos.epoch)
     reporter.info(f"resumed from {latest}: epoch {pos.epoch + 1}, iteration {pos.iteration}")
     return pos
+
+
+def resume_drop_last(latest: Path, cfg: TrainConfig) -> tuple[bool, str | None]:
+    """(the epoch-end rule a resume from `latest` continues with, the one line saying so when it is
+    not the command's). The rule sets the epoch's batches, so a run keeps the one it started with;
+    a latest.pth without a "drop_last" entry was written when leftovers were always dropped."""
+    try:  # memory-mapped: only the small entries are read here, restore() reads the file
+        state = torch.load(latest, map_location="cpu", weights_only=False, mmap=True)
+        saved = bool(state.get("drop_last", True))
+        old_file = "drop_last" not in state
+    except Exception:  # noqa: BLE001 - restore() says what is wrong with the file
+        return cfg.drop_last, None
+    if saved == cfg.drop_last:
+        return saved, None
+    rule = "dropped" if saved else "joined into batches"
+    why = "was written before the drop_last setting existed" if old_file else f"was written with drop_last={saved}"
+    return saved, (f"{latest} {why}: resuming under its rule, drop_last={str(saved).lower()} (each epoch's "
+                   f"leftover images {rule}); --no-resume starts afresh with drop_last={str(cfg.drop_last).lower()}")
 
 
 def check_resumable(state: dict, cfg: TrainConfig, global_batch: int, latest: Path) -> list[str]:

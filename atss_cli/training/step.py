@@ -41,6 +41,8 @@ class LossModule(torch.nn.Module):
         self.model = model
 
     def forward(self, images, targets, scale=None, sizes=None):
+        if images.shape[0] == 0:
+            return empty_share_losses(self.model)
         if scale is None:
             return self.model.loss(images, targets)
         outputs = self.model(images)
@@ -55,6 +57,22 @@ class LossModule(torch.nn.Module):
 LOSS_KEYS = ("loss_cls", "loss_bbox", "loss_centerness")
 
 
+def empty_share_losses(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The losses of a process whose share of the global batch is empty (an epoch's short last
+    batch over more processes than it fills): zero, connected to every trained parameter (so
+    DDP's gradient all_reduce gets a zero gradient from it), after joining the two all_reduce
+    means the ATSS loss takes of its normalisers (`atss_losses`) with a zero contribution, so
+    the other processes divide by the sums over the images that exist."""
+    from atss_cli.model.loss import reduce_mean
+
+    first = next(p for p in model.parameters() if p.requires_grad)
+    zero = torch.zeros((), dtype=torch.float32, device=first.device)
+    reduce_mean(zero)   # the positive count (avg_factor) ...
+    reduce_mean(zero)   # ... and the centerness-target sum
+    tied = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+    return {k: tied.float() for k in LOSS_KEYS}
+
+
 @torch.no_grad()
 def normaliser_sums(model, images: torch.Tensor, targets) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """What the ATSS loss divides by, summed over one micro-batch, before any forward pass (the
@@ -63,6 +81,8 @@ def normaliser_sums(model, images: torch.Tensor, targets) -> tuple[torch.Tensor,
     from atss_cli.model.loss import loss_normalisers
 
     sizes = model.feature_sizes(*images.shape[-2:])
+    if images.shape[0] == 0:  # an empty share of a short last batch adds nothing
+        return torch.zeros(2, dtype=torch.float32, device=images.device), sizes
     anchors, assigned, gt_boxes, _ = model.assign(sizes, targets, images.device)
     return loss_normalisers(anchors, assigned, gt_boxes), sizes
 
