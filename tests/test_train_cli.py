@@ -173,6 +173,26 @@ def test_two_gloo_processes_match_one_process(coco, two_process_reference, tmp_p
             assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (ra["iteration"], key)
 
 
+def test_two_gloo_processes_stopped_before_the_short_batch_resume_exactly(coco, two_process_reference, tmp_path):
+    """7 usable images at a global batch of 2: iteration 4 is the epoch's short batch, where rank 1
+    has no image. Stopped after iteration 3 and resumed, that batch is the new processes' first
+    step; the losses after it equal the uninterrupted run's. (Rank 1's zero gradient once gave the
+    five 0-dim Scale parameters one shared .grad, so after DDP's copy-back they all held one
+    value and rank 1's weights left rank 0's, seen only at iteration 5.)"""
+    from multinode_util import assert_same_losses, losses
+
+    work = tmp_path / "cut"
+    flags = [*two_process_flags(coco, epochs=2), "--work-dir", work, "--batch-per-gpu", 1, "--nproc", 2]
+    first = atss("train", *flags, "--set", "max_iters=3")
+    assert first.returncode == 0, first.stderr
+    rest = atss("train", *flags, "--set", "max_iters=5")
+    assert rest.returncode == 0, rest.stderr
+    assert "resumed from" in rest.stdout + rest.stderr
+    per_epoch = json.loads((work / "config.json").read_text())["derived"]["iters_per_epoch"]
+    assert per_epoch == 4 and [i for i, _ in losses(work)] == [1, 2, 3, 4, 5]
+    assert_same_losses(losses(two_process_reference)[:5], losses(work))
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(coco, tmp_path):
     work = tmp_path / "nan"
     proc = atss("train", "--coco", coco, "--work-dir", work, "--device", "cpu", "--epochs", 2,

@@ -196,3 +196,19 @@ def test_resume_exact_across_the_short_batch_and_an_old_latest_keeps_its_rule(fi
     assert "resuming under its rule, drop_last=true" in notes[0]
     assert summary["iteration"] == 2 and summary["derived"]["drop_last"] is True
     assert [r["step"] for r in train_records(tmp_path / "old")] == [1, 1]
+
+
+def test_an_empty_share_gives_each_parameter_its_own_zero_gradient():
+    """The zero loss of a process with no image reaches every trained parameter with a zero
+    gradient of its own: DDP copies each reduced bucket back into .grad, so two parameters whose
+    .grad shares storage (the 0-dim Scale parameters under p.sum() * 0) end up with one value."""
+    from atss_cli.model import build_atss
+    from atss_cli.training.step import LOSS_KEYS, empty_share_losses
+
+    model = build_atss(num_classes=3, depth=18, fpn_channels=32, head_channels=64, stacked_convs=1)
+    losses = empty_share_losses(model)
+    assert sorted(losses) == sorted(LOSS_KEYS)
+    sum(losses.values()).backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.grad is not None and not p.grad.any() for p in trained)
+    assert len({p.grad.data_ptr() for p in trained}) == len(trained)

@@ -69,7 +69,10 @@ def empty_share_losses(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     zero = torch.zeros((), dtype=torch.float32, device=first.device)
     reduce_mean(zero)   # the positive count (avg_factor) ...
     reduce_mean(zero)   # ... and the centerness-target sum
-    tied = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+    # (p * 0).sum(), not p.sum() * 0: the gradient of a 0-dim parameter's p.sum() is a view of
+    # the one upstream gradient, so the five Scale parameters' .grad shared one storage and DDP's
+    # copy of the reduced buckets back into them left all five holding the last one's value.
+    tied = sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
     return {k: tied.float() for k in LOSS_KEYS}
 
 
