@@ -11,7 +11,7 @@ export ATSS_REQUIRE_EXTENSION ?= 1
 export MAX_JOBS ?= 2
 
 TORCH_PKGS := torch==2.14.1 torchvision==0.29.1
-DEPS := ninja pybind11 typer rich pycocotools faster-coco-eval numpy opencv-python-headless pillow matplotlib pytest onnx onnxruntime onnxscript
+DEPS := ninja pybind11 typer rich pycocotools faster-coco-eval numpy opencv-python-headless pillow matplotlib pytest pytest-xdist onnx onnxruntime onnxscript
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
 .PHONY: install test demo bench clean
@@ -39,8 +39,11 @@ $(VENV)/.ext-cpu: $(VENV)/.deps setup.py atss_cli/build_flags.py $(CSRC)
 
 install: $(VENV)/.ext
 
+# The suite on TEST_WORKERS pytest-xdist workers, a test file to a worker (its module fixtures
+# made once); most tests wait on one-threaded CLI processes, so 2 workers keep 2 cores busy.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: $(VENV)/.deps
 	@if [ -f $(VENV)/.ext ] || nvidia-smi -L >/dev/null 2>&1; then \

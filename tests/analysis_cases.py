@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from locks import exclusive
+
 DATA = Path(__file__).resolve().parent / "data" / "analysis"
 REAL_GT = DATA / "instances_val2014_100.json"
 REAL_DETS = DATA / "instances_val2014_fakebbox100_results.json"
@@ -29,7 +31,11 @@ system = [pytest.mark.system,
 def tidecv_python() -> Path:
     """A venv with tidecv (and its opencv-python, seaborn, pandas) apart from ours, made once in
     the cache folder and reused; pytest.skip with the reason where pip cannot make it."""
-    venv = CACHE / "tidecv-1.0.1"
+    with exclusive("tidecv-venv"):  # two xdist workers would --clear each other's venv
+        return _make_tidecv_venv(CACHE / "tidecv-1.0.1")
+
+
+def _make_tidecv_venv(venv: Path) -> Path:
     py = venv / "bin" / "python"
     if (venv / ".ready").exists():
         return py

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import cli_run
+from locks import exclusive, xdist_worker
 
 SYSTEM_REASON = ("system test (installs system packages or makes network namespaces): "
                  "run with ATSS_SYSTEM_TESTS=1 or CI=true, as .ci/run does")
@@ -49,13 +50,31 @@ def tiny_flags() -> list:
     return list(cli_run.TINY)
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """`make(folder)`'s folder, made once per session: under pytest-xdist, once for all workers
+    (the first to ask makes it under the run's shared temp folder, holding a lock; the others
+    wait and reuse it), so a two-process reference run is not paid once per worker."""
+    if xdist_worker() is None:
+        return make(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, above each worker's popen-gwK/
+    done = shared / f"{name}.done"
+    with exclusive(f"{shared.name}-{name}"):
+        if not done.exists():
+            folder = shared / name
+            folder.mkdir()
+            done.write_text(str(make(folder)))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def small_coco(tmp_path_factory) -> Path:
     """`atss prepare --synthetic`: 8 train and 4 val images at 128 px, seed 3 (read-only)."""
-    root = tmp_path_factory.mktemp("small_coco")
-    proc = cli_run.atss("prepare", "--synthetic", root, *cli_run.SMALL_COCO)
-    assert proc.returncode == 0, proc.stderr
-    return root
+    def make(root: Path) -> Path:
+        proc = cli_run.atss("prepare", "--synthetic", root, *cli_run.SMALL_COCO)
+        assert proc.returncode == 0, proc.stderr
+        return root
+
+    return made_once(tmp_path_factory, "small_coco", make)
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +86,8 @@ def two_process_reference(small_coco, tmp_path_factory) -> Path:
     epochs 8 and 11, so epoch 1 of a 2-epoch run is a 1-epoch run)."""
     from multinode_util import two_process_run
 
-    return two_process_run(small_coco, tmp_path_factory.mktemp("two_process_reference"), epochs=2)
+    return made_once(tmp_path_factory, "two_process_reference",
+                     lambda work: two_process_run(small_coco, work, epochs=2))
 
 
 @pytest.fixture(scope="session")

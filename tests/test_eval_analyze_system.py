@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from locks import exclusive
 from analysis_cases import REAL_DETS, REAL_GT, run_tidecv, system
 from atss_cli.evaluation.analysis import analyze
 from atss_cli.evaluation.analysis.inputs import load_detections, load_ground_truth
@@ -49,10 +50,13 @@ def _chromium() -> str:
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
             pytest.skip("chromium is not installed and apt-get as root is not available")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-            if proc.returncode:
-                pytest.skip(f"{' '.join(cmd)} failed: {proc.stderr[-300:]}")
+        with exclusive("apt-get"):  # dpkg takes one installer at a time (test_slurm's may run beside)
+            for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+                if shutil.which("chromium"):
+                    break
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+                if proc.returncode:
+                    pytest.skip(f"{' '.join(cmd)} failed: {proc.stderr[-300:]}")
         exe = shutil.which("chromium")
     return exe
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from locks import exclusive
 from multinode_util import ROOT, assert_same_losses, common, env, free_port, losses, run, train_records, wait_for
 
 from atss_cli.launch import slurm
@@ -77,8 +78,9 @@ def _install() -> str:
     if shutil.which("apt-get") is None:
         return "slurm-wlm/munge are not installed and there is no apt-get"
     try:
-        got = subprocess.run(["apt-get", "install", "-y", "slurm-wlm", "munge"], capture_output=True, text=True,
-                             timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        with exclusive("apt-get"):  # dpkg takes one installer at a time (another test's may run beside)
+            got = subprocess.run(["apt-get", "install", "-y", "slurm-wlm", "munge"], capture_output=True,
+                                 text=True, timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     except subprocess.TimeoutExpired:
         return "apt-get install slurm-wlm munge took over 10 minutes"
     if got.returncode != 0:
