@@ -259,3 +259,68 @@ def test_whole_training_steps_make_no_host_sync_on_cuda(mixed, tmp_path, amp):
             previous = result
             pos = Position(epoch=0, step=pos.step + 1, iteration=pos.iteration + 1)
     assert torch.isfinite(read_iteration(previous, run.latest).losses).all()
+
+
+class Events(Lines):
+    """What the loop did, in order: ("queued", n), ("logged", n), ("saved", n)."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def iteration(self, record):
+        self.events.append(("logged", record["iteration"]))
+
+
+def _watch_the_loop(monkeypatch, events: Events, stop_at: int | None = None):
+    import signal
+
+    from atss_cli.training import train as loop
+
+    real_step, real_save = loop.train_iteration, loop.save_checkpoint
+
+    def step(run, pos, batches, stop):
+        if pos.iteration + 1 == stop_at:
+            stop.signum = signal.SIGUSR1   # as the handler does: this iteration's reduce carries it
+        result = real_step(run, pos, batches, stop)
+        events.events.append(("queued", result.iteration))
+        return result
+
+    def save(run, pos, **kwargs):
+        events.events.append(("saved", pos.iteration))
+        return real_save(run, pos, **kwargs)
+
+    monkeypatch.setattr(loop, "train_iteration", step)
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+
+
+def _cfg(root: Path, work: Path, **changes):
+    from atss_cli.config import TrainConfig
+
+    return TrainConfig(coco=str(root), work_dir=str(work), **{**TINY, "scale": (64, 48), "flip_prob": 0.0,
+                                                              "batch_per_gpu": 1, "accumulate": 1, **changes})
+
+
+def test_each_iteration_is_read_once_the_next_is_queued_and_all_before_a_save(mixed, tmp_path, monkeypatch):
+    from atss_cli.training.train import train
+
+    events = Events()
+    _watch_the_loop(monkeypatch, events)
+    summary = train(_cfg(mixed, tmp_path / "w", epochs=1, save_every_iters=3), events)
+    assert summary["iteration"] == 8
+    q, lg, sv = "queued", "logged", "saved"
+    assert events.events == [(q, 1), (q, 2), (lg, 1), (q, 3), (lg, 2), (lg, 3), (sv, 3),
+                             (q, 4), (q, 5), (lg, 4), (q, 6), (lg, 5), (lg, 6), (sv, 6),
+                             (q, 7), (q, 8), (lg, 7), (lg, 8), (sv, 8)]   # the epoch's end
+
+
+def test_a_stop_flag_read_with_one_iteration_stops_after_the_next(mixed, tmp_path, monkeypatch):
+    from atss_cli.training.train import TrainingInterrupted, train
+
+    events = Events()
+    _watch_the_loop(monkeypatch, events, stop_at=3)
+    with pytest.raises(TrainingInterrupted, match="interrupted at iteration 4 "):
+        train(_cfg(mixed, tmp_path / "w", epochs=1), events)
+    q, lg, sv = "queued", "logged", "saved"
+    assert events.events == [(q, 1), (q, 2), (lg, 1), (q, 3), (lg, 2), (q, 4), (lg, 3), (lg, 4), (sv, 4)]
+    assert torch.load(tmp_path / "w" / "latest.pth", weights_only=False)["iteration"] == 4

@@ -164,10 +164,10 @@ class Unread:
 
     Read one iteration late: once iteration i+1 is queued, the host waits for i's loss
     all_reduce only, while the device has i+1 in hand, and the GPU never idles waiting for the
-    host to queue a step. (Every K iterations would save K-1 short waits, but the device is one
-    iteration behind anyway, a stop would come K iterations late, and one wait per iteration
-    costs microseconds once that iteration is done.) What is read late is decided on the same
-    values by every rank: a stop flag read with iteration i stops all of them after i+1.
+    host to queue a step. (Every K iterations would only spare K-1 reads of 32 bytes that are
+    already on the host by then, and it would hold K iterations' results, log K lines at once
+    and stop K iterations after a signal.) Every rank decides on the same values what to do
+    after a late read: a stop flag read with iteration i stops all of them after i+1.
     """
 
     def __init__(self, run: TrainRun, reporter: Reporter):
