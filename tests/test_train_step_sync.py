@@ -324,3 +324,18 @@ def test_a_stop_flag_read_with_one_iteration_stops_after_the_next(mixed, tmp_pat
     q, lg, sv = "queued", "logged", "saved"
     assert events.events == [(q, 1), (q, 2), (lg, 1), (q, 3), (lg, 2), (q, 4), (lg, 3), (lg, 4), (sv, 4)]
     assert torch.load(tmp_path / "w" / "latest.pth", weights_only=False)["iteration"] == 4
+
+
+def test_a_late_read_names_the_iteration_whose_loss_was_not_finite():
+    from atss_cli.training.step import HostCopy, IterationResult, NonFiniteLoss, read_iteration
+
+    def result(values, iteration=7, micro_steps=2):
+        return IterationResult(iteration=iteration, lr=0.01, micro_steps=micro_steps, images=2, skipped=0,
+                               values=HostCopy(torch.tensor(values, dtype=torch.float64)))
+
+    with pytest.raises(NonFiniteLoss, match=r"^non-finite loss at iteration 7 \(cls nan, bbox 0.5, centerness 1\); "
+                                            r"stopped, latest.pth is the last good checkpoint"):
+        read_iteration(result([float("nan"), 1.0, 2.0, 0.0]), "latest.pth")
+    # Sums over micro-batches -> their mean; a flag from either micro-batch is a stop.
+    values = read_iteration(result([1.0, 3.0, 5.0, 0.5]), "latest.pth")
+    assert values.losses.tolist() == [0.5, 1.5, 2.5] and values.stop is True
