@@ -43,8 +43,12 @@ Contract (issue 4; the engine codes against these names):
         decode with EXIF orientation applied, cv2.resize INTER_LINEAR, flip, normalise, zero
         padding to 32): the one path evaluation, prediction and training take.
         tests/test_pipeline_parity.py holds it to MMDetection's own tensors.
+    transforms.train_pixels(...) -> (uint8 [3, h, w] RGB, img_shape, (sx, sy), boxes)
+    transforms.normalize_padded(uint8 [B, 3, H, W], extents int64 [B, 2]) -> float32 [B, 3, H, W]
+        train_input split where the batch crosses to the GPU: the loader sends uint8 pixels,
+        the device normalises and zero-pads them, train_input's values bit for bit.
 
-    TrainDataset(cache, scale=(1333, 800), flip_prob=0.5, max_corrupt=100)
+    TrainDataset(cache, scale=(1333, 800), flip_prob=0.5, max_corrupt=100, uint8_images=False)
     TestDataset(cache, scale=(1333, 800))
         Samples: {"image" float32 [3, h, w] normalised, "boxes", "labels", "img_shape",
         "ori_shape", "scale_factor" (sx, sy), "image_id", "index", "flipped", "skipped"}.
@@ -57,7 +61,9 @@ Contract (issue 4; the engine codes against these names):
         [M, 4] or whose labels are not int64 in 0..C-1 raises BadTargetsError (an AtssError,
         one line also from a worker) naming the image: the model trusts what the loader gives.
 
-    collate(samples) -> {"images": float32 [B, 3, H, W] (zero-padded to a multiple of 32),
+    collate(samples) -> {"images": float32 [B, 3, H, W] (zero-padded to a multiple of 32; uint8
+                                    RGB, not normalised, from TrainDataset(uint8_images=True)),
+                         "image_sizes": int64 [B, 2] (each image's (h, w)),
                          "targets": [{"boxes", "labels", "img_shape", "ori_shape",
                                       "scale_factor", "image_id"}, ...],
                          "skipped": [file names replaced in this batch],
@@ -71,7 +77,7 @@ Contract (issue 4; the engine codes against these names):
 
     build_train_loader(cache, *, batch_per_rank, world_size=1, rank=0, seed=0, workers=2,
                        scale=(1333, 800), flip_prob=0.5, max_corrupt=100, drop_last=False,
-                       pin_memory=False) -> (DataLoader, GroupedGlobalBatchSampler)
+                       pin_memory=False, uint8_images=False) -> (DataLoader, GroupedGlobalBatchSampler)
     build_test_loader(cache, *, batch_size=1, world_size=1, rank=0, workers=2,
                       scale=(1333, 800), pin_memory=False) -> DataLoader
 

@@ -2,7 +2,10 @@
 
 A sample (dict):
     image         float32 [3, h, w]  resized, maybe flipped, normalised: a view of the padded input
-                                     `transforms.train_input` / `test_input` give (collate pads)
+                                     `transforms.train_input` / `test_input` give (collate pads);
+                                     with TrainDataset(uint8_images=True) uint8 [3, h, w] RGB, not
+                                     normalised (`transforms.train_pixels`), normalised where the
+                                     batch is trained (`transforms.normalize_padded`)
     boxes         float32 [M, 4]     xyxy in the resized (and flipped) frame, clipped
     labels        int64 [M]          contiguous 0..C-1
     img_shape     (h, w)             after the resize
@@ -44,7 +47,7 @@ import torch
 
 from atss_cli.data.cache import CocoCache
 from atss_cli.data.transforms import (TRANSPOSING_ORIENTATIONS, DecodeError, exif_orientation, pad_batch,
-                                      read_image, rescale_boxes, test_input, train_input)
+                                      read_image, rescale_boxes, test_input, train_input, train_pixels)
 from atss_cli.errors import AtssError
 
 DEFAULT_SCALE = (1333, 800)
@@ -126,25 +129,29 @@ class _Base(torch.utils.data.Dataset):
             raise DecodeError(f"{path}: decodes to {w}x{h} but the JSON says {jw}x{jh}")
         return img
 
-    def _sample(self, idx: int, img: np.ndarray, flip: bool, skipped: list[str]) -> dict:
+    def _sample(self, idx: int, img: np.ndarray, flip: bool, skipped: list[str], uint8: bool = False) -> dict:
         cache = self.cache
         labels = torch.from_numpy(cache.labels(idx))
         ori_h, ori_w = int(img.shape[0]), int(img.shape[1])
-        padded, (h, w), (sx, sy), boxes = train_input(img, torch.from_numpy(cache.boxes(idx)), flip, self.scale)
+        pipeline = train_pixels if uint8 else train_input
+        image, (h, w), (sx, sy), boxes = pipeline(img, torch.from_numpy(cache.boxes(idx)), flip, self.scale)
         check_sample_targets(boxes, labels, cache.num_classes, f"image {cache.file_name(idx)}")
-        return {"image": padded[:, :h, :w], "boxes": boxes, "labels": labels, "img_shape": (h, w),
+        return {"image": image[:, :h, :w], "boxes": boxes, "labels": labels, "img_shape": (h, w),
                 "ori_shape": (ori_h, ori_w), "scale_factor": (sx, sy), "image_id": int(cache.image_ids[idx]),
                 "index": idx, "flipped": flip, "skipped": skipped}
 
 
 class TrainDataset(_Base):
-    """The training images of `cache` (`cache.train_indices()`), resized, flipped with `flip_prob`."""
+    """The training images of `cache` (`cache.train_indices()`), resized, flipped with `flip_prob`;
+    normalised, or with `uint8_images` left as uint8 RGB for the training step to normalise on
+    its device (a quarter of the bytes through the loader's queue and the host-to-GPU copy)."""
 
     def __init__(self, cache: CocoCache, scale: tuple[int, int] = DEFAULT_SCALE, flip_prob: float = 0.5,
-                 max_corrupt: int = 100, indices: np.ndarray | None = None):
+                 max_corrupt: int = 100, indices: np.ndarray | None = None, uint8_images: bool = False):
         super().__init__(cache, cache.train_indices() if indices is None else indices, scale)
         if len(self) == 0:
             raise AtssError(f"split {cache.split!r} has no image usable for training")
+        self.uint8_images = bool(uint8_images)
         self.flip_prob = float(flip_prob)
         self.max_corrupt = int(max_corrupt)
         self._bad: dict[str, str] = {}  # name -> reason, for the bad files met by this process (small)
@@ -177,7 +184,7 @@ class TrainDataset(_Base):
                         f"{', ...' if len(self._bad) > 5 else ''} (first: {self._bad[min(self._bad)]}); "
                         "run `atss prepare --check-images` to list them") from None
                 continue
-            return self._sample(idx, image, flip, skipped)
+            return self._sample(idx, image, flip, skipped, self.uint8_images)
         raise CorruptImagesError(f"no training image of {self.cache.image_dir} can be decoded")
 
 
@@ -211,12 +218,16 @@ class TestDataset(_Base):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Samples -> {"images" [B,3,H,W] padded to 32, "targets" [...], "skipped" [names], "indices" [...]}."""
+    """Samples -> {"images" [B,3,H,W] padded to 32 (the samples' dtype), "image_sizes" int64 [B, 2]
+    (each image's (h, w) in it), "targets" [...], "skipped" [names], "indices" [...], "flipped"}."""
     targets = [{"boxes": s["boxes"], "labels": s["labels"], "img_shape": s["img_shape"],
                 "ori_shape": s["ori_shape"], "scale_factor": s["scale_factor"], "image_id": s["image_id"]}
                for s in samples]
     # A rank's share of an epoch's short last batch may be empty: [0, 3, 32, 32] and no targets.
     images = pad_batch([s["image"] for s in samples]) if samples else torch.zeros((0, 3, 32, 32))
-    return {"images": images, "targets": targets,
+    # The extents as a tensor, so the loader pins them with the images and a uint8 batch is
+    # normalised and padded on the GPU with no host value read there.
+    sizes = torch.tensor([s["img_shape"] for s in samples], dtype=torch.int64).reshape(-1, 2)
+    return {"images": images, "image_sizes": sizes, "targets": targets,
             "skipped": [name for s in samples for name in s["skipped"]],
             "indices": [s["index"] for s in samples], "flipped": [s["flipped"] for s in samples]}

@@ -7,6 +7,11 @@
     train_input(path_or_bgr, boxes, flip, scale) -> (input, img_shape, (sx, sy), boxes)
         input: normalised float32 [3, H, W] RGB zero-padded to a multiple of 32; img_shape (h, w)
         after the resize; scale factors new / old per axis; boxes float32 [M, 4] after resize and flip.
+    train_pixels(path_or_bgr, boxes, flip, scale) -> (pixels, img_shape, (sx, sy), boxes)
+        train_input before its normalisation and padding: pixels uint8 [3, h, w] RGB
+    normalize_padded(pixels, extents) -> float32 [B, 3, H, W]
+        uint8 [B, 3, H, W] RGB, each image in the top-left (h, w) of extents int64 [B, 2]: the
+        float32 train_input gives, normalised where the batch lives (on the GPU)
     rescale_size(w, h, scale) -> (new_w, new_h, s)     keep ratio, fit inside (long, short)
     resize(image, boxes, scale) -> image, boxes, (sx, sy)   on uint8 [3, H, W] tensors; boxes clipped
     hflip(image, boxes) -> image, boxes                x1' = W - x2, x2' = W - x1
@@ -137,11 +142,15 @@ def flip_boxes(boxes: torch.Tensor, w: int) -> torch.Tensor:
 def _to_input(img: np.ndarray) -> torch.Tensor:
     """BGR uint8 [h, w, 3] -> DetDataPreprocessor's input: RGB, float32, (x - mean) / std, zeros to 32."""
     h, w = img.shape[:2]
-    chw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
     out = torch.zeros((3, -(-h // SIZE_DIVISOR) * SIZE_DIVISOR, -(-w // SIZE_DIVISOR) * SIZE_DIVISOR),
                       dtype=torch.float32)
-    out[:, :h, :w] = normalize(chw[[2, 1, 0]])
+    out[:, :h, :w] = normalize(_to_pixels(img))
     return out
+
+
+def _to_pixels(img: np.ndarray) -> torch.Tensor:
+    """BGR uint8 [h, w, 3] -> RGB uint8 [3, h, w] (contiguous)."""
+    return torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))
 
 
 def _load(source) -> np.ndarray:
@@ -152,7 +161,7 @@ def _load(source) -> np.ndarray:
     return read_image(source)
 
 
-def _pipeline(source, boxes, flip: bool, scale: tuple[int, int]):
+def _pipeline(source, boxes, flip: bool, scale: tuple[int, int], finish=_to_input):
     img = _load(source)
     h, w = img.shape[:2]
     new_w, new_h, _ = rescale_size(w, h, scale)
@@ -164,7 +173,7 @@ def _pipeline(source, boxes, flip: bool, scale: tuple[int, int]):
         img = img[:, ::-1]
         if out_boxes is not None:
             out_boxes = flip_boxes(out_boxes, new_w)
-    return _to_input(img), (int(new_h), int(new_w)), (float(sx), float(sy)), out_boxes
+    return finish(img), (int(new_h), int(new_w)), (float(sx), float(sy)), out_boxes
 
 
 def test_input(source, scale: tuple[int, int] = DEFAULT_SCALE):
@@ -181,6 +190,13 @@ def train_input(source, boxes, flip: bool, scale: tuple[int, int] = DEFAULT_SCAL
     """MMDetection's train pipeline (Resize, RandomFlip) and data preprocessor for one image and its
     boxes (xyxy in the decoded, EXIF-applied frame): test_input's tuple plus float32 [M, 4] boxes."""
     return _pipeline(source, boxes, bool(flip), scale)
+
+
+def train_pixels(source, boxes, flip: bool, scale: tuple[int, int] = DEFAULT_SCALE):
+    """`train_input` up to the data preprocessor: (uint8 [3, h, w] RGB, img_shape, (sx, sy), boxes).
+    A quarter of the bytes of the float32 input, with no padding: what a loader sends to the GPU,
+    where `normalize_padded` gives train_input's tensor."""
+    return _pipeline(source, boxes, bool(flip), scale, finish=_to_pixels)
 
 
 def resize_image(image: torch.Tensor, new_w: int, new_h: int) -> torch.Tensor:
@@ -213,8 +229,34 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
     return (image.to(torch.float32) - mean) / std
 
 
+def normalize_padded(pixels: torch.Tensor, extents: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] RGB -> float32 [B, 3, H, W]: `normalize` inside each image's (h, w) =
+    extents[b] (int64 [B, 2], on the pixels' device) and 0 outside it: the values of normalising
+    each image and then zero-padding it (`_to_input`, `pad_batch`), bit for bit, since each pixel
+    goes through the same float32 subtraction and division by float32 tensors (a Python-scalar
+    divisor would let CUDA multiply by its reciprocal instead). Nothing is read on the host and
+    nothing is copied from pageable memory, so on a GPU it runs with no sync, in a CUDA graph if
+    wanted."""
+    device = pixels.device
+    height, width = pixels.shape[-2:]
+    rows = torch.arange(height, device=device).view(1, 1, height, 1)
+    cols = torch.arange(width, device=device).view(1, 1, 1, width)
+    inside = (rows < extents[:, 0].view(-1, 1, 1, 1)) & (cols < extents[:, 1].view(-1, 1, 1, 1))
+    mean, std = (_upload(torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1), device) for v in (MEAN, STD))
+    return ((pixels.to(torch.float32) - mean) / std).masked_fill_(~inside, 0.0)
+
+
+def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # Pinned, so the copy is asynchronous; the caching host allocator keeps the pinned block
+    # until the copy is done.
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
 def pad_batch(images: list[torch.Tensor], divisor: int = SIZE_DIVISOR) -> torch.Tensor:
-    """Stack [3, h_i, w_i] images into [B, 3, H, W], H and W the maxima rounded up to `divisor`, zeros after."""
+    """Stack [3, h_i, w_i] images into [B, 3, H, W] of their dtype, H and W the maxima rounded up to
+    `divisor`, zeros after."""
     h = max(int(im.shape[-2]) for im in images)
     w = max(int(im.shape[-1]) for im in images)
     h, w = -(-h // divisor) * divisor, -(-w // divisor) * divisor

@@ -2,9 +2,10 @@
 `sbatch --signal=USR1@120`) or SIGTERM (preemption, `scancel`, the time limit itself).
 
 The signal handler only raises a flag. The training loop sends that flag along with the losses
-it averages over processes every iteration (see train_step.train_iteration), so all ranks see
-that one of them was signalled in the same iteration, finish it, save one checkpoint together
-and stop; nothing is interrupted half-way. Under SLURM rank 0 then asks for the job to be put
+it averages over processes every iteration (see training/step.py train_iteration), so all ranks
+see that one of them was signalled in the same iteration; they read it one iteration late (once
+the next is queued, train.Unread), finish that next one, save one checkpoint together and stop;
+nothing is interrupted half-way. Under SLURM rank 0 then asks for the job to be put
 back in the queue (`scontrol requeue`), and the requeued job resumes from latest.pth.
 Ctrl-C (SIGINT) is not a preemption: it stops at once (KeyboardInterrupt), as before.
 """

@@ -57,15 +57,16 @@ def prepare_run(cfg: TrainConfig, reporter, info: distributed.DistInfo, resume: 
     loader, sampler = build_train_loader(
         train_set, batch_per_rank=cfg.batch_per_gpu, world_size=info.world_size, rank=info.rank,
         seed=cfg.seed, workers=cfg.workers, scale=tuple(cfg.scale), flip_prob=cfg.flip_prob,
-        max_corrupt=cfg.max_bad_images, drop_last=drop_last, pin_memory=device.type == "cuda")
+        max_corrupt=cfg.max_bad_images, drop_last=drop_last, pin_memory=device.type == "cuda",
+        uint8_images=True)  # normalised on the device by the step (training/step.py batch_on_device)
     if len(sampler) == 0:
         raise AtssError(f"{cfg.train_split if cfg.coco else cfg.train_ann}: {len(train_set.train_indices())} "
                         "usable training images, "
                         f"fewer than one global batch of {cfg.batch_per_gpu * info.world_size}")
     plan = plan_batches(cfg, steps_per_epoch=len(sampler), world_size=info.world_size)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=plan.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, lr=plan.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                fused=fused_sgd_fits(device, cfg.amp))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     amp_dtype = precision.amp_dtype(cfg.amp)
     derived = {"world_size": info.world_size, "accumulate": plan.accumulate, "total_batch": plan.total_batch,
@@ -100,6 +101,24 @@ def prepare_run(cfg: TrainConfig, reporter, info: distributed.DistInfo, resume: 
         run.loss_module = torch.nn.parallel.DistributedDataParallel(
             run.loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     return run
+
+
+def build_optimizer(model: torch.nn.Module, *, lr: float, momentum: float, weight_decay: float,
+                    fused: bool) -> torch.optim.SGD:
+    """The recipe's SGD (MMDetection's optim_wrapper: one group of every trained parameter, weight
+    decay on all of them, no Nesterov, no dampening): torch's fused kernel when `fused`, else
+    torch's default implementation (foreach on CUDA, the per-tensor loop on the CPU)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True if fused else None)
+
+
+def fused_sgd_fits(device: torch.device, amp: str | None) -> bool:
+    """Fused SGD on CUDA (one kernel launch per step for every parameter, instead of a few per
+    foreach chunk), except under fp16: there GradScaler hands a fused optimizer its found-inf
+    flag, and torch's fused SGD kernel, on a step it skips, leaves the momentum it allocates on
+    the first step uninitialised (an fp16 run skips its first steps while the scale settles).
+    On the CPU the default loop is MMDetection's own path."""
+    return device.type == "cuda" and precision.amp_dtype(amp) != torch.float16
 
 
 def _build_model(cfg: TrainConfig, num_classes: int, pretrained: Path | None, resuming: bool, reporter):

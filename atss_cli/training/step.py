@@ -5,6 +5,14 @@ normalisers of the whole accumulated batch are computed from their targets (the 
 does not depend on predictions), and each micro-batch's loss is scaled so that the summed
 gradient is that of one batch of the total size (see `accumulation_scales`). Under DDP only
 the last micro-batch's backward synchronises gradients.
+
+Nothing in an iteration waits for the device: `train_iteration` queues the work and returns
+the averaged losses and stop flag still on their way to the host (`HostCopy`); the loop reads
+them (`read_iteration`) once the next iteration is queued, so the GPU always has a step in hand
+while the host prepares the next. Under fp16 one sync remains: GradScaler.step reads its
+found-inf flag on the host to skip the step (fused SGD would take the flag on the device, but
+torch's fused SGD kernel skips the step without initialising the momentum it allocates on the
+first one, so fp16 keeps torch's default SGD; see setup.py).
 """
 
 from __future__ import annotations
@@ -109,73 +117,135 @@ def accumulation_scales(sums: torch.Tensor) -> torch.Tensor:
     return torch.stack([cls, box, cls], dim=1)
 
 
+class HostCopy:
+    """A small device tensor on its way to the host: copied without waiting (on CUDA into pinned
+    memory, with an event recorded after the copy), so that `get()` waits for that point of the
+    stream only, never for the work queued after it. `.cpu()` would wait for the whole stream,
+    next iteration included, and leave the GPU idle while the host queues the one after."""
+
+    def __init__(self, value: torch.Tensor):
+        self._event = None
+        if value.device.type == "cuda":
+            host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            value = host.copy_(value, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        self._value = value
+
+    def get(self) -> torch.Tensor:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._value
+
+
 @dataclass
 class IterationResult:
+    """One queued iteration. Its losses and stop flag are still on their way to the host when
+    `train_iteration` returns: `read_iteration` gets them."""
+
+    iteration: int        # this iteration's number (the position after it), as its messages say
     lr: float
-    losses: torch.Tensor  # float64 [3]: LOSS_KEYS, averaged over processes and micro-batches
     micro_steps: int      # loader batches this iteration consumed
     images: int           # images this process trained on
     skipped: int          # images the loader skipped (unreadable) in those batches
+    values: HostCopy      # float64 [4], summed over micro-batches: LOSS_KEYS averaged over
+                          # processes, and the stop flag averaged over them (> 0: one was asked to stop)
+
+
+@dataclass
+class IterationValues:
+    losses: torch.Tensor  # float64 [3] on the host: LOSS_KEYS
     stop: bool            # some process was asked to stop (its flag rides on the loss all_reduce)
 
 
 def train_iteration(run: TrainRun, pos: Position, batches, stop: StopRequest) -> IterationResult:
-    """Read this iteration's micro-batches from `batches`, backward each, take one optimizer step.
+    """Read this iteration's micro-batches from `batches`, backward each, take one optimizer step,
+    and return without reading any value of it on the host (`read_iteration` does, later).
 
     The losses are averaged over processes with one all_reduce per micro-batch; a fourth value
     in it carries this process's stop flag, so every rank learns in the same iteration, at no
-    extra collective, that one of them was signalled. A non-finite loss raises NonFiniteLoss
-    before the optimizer step, on every rank alike (they all see the same averaged losses).
+    extra collective, that one of them was signalled. The optimizer step is queued whatever the
+    losses: a non-finite one is found by `read_iteration`, after this step and maybe the next
+    were applied, so the loop saves a checkpoint only once every iteration before it was read.
     """
     plan = run.plan
     group = min(plan.accumulate, plan.steps_per_epoch - pos.step)
     lr = plan.lr(run.cfg, iteration=pos.iteration, epoch=pos.epoch)
     for g in run.optimizer.param_groups:
         g["lr"] = lr
-    sums = torch.zeros(3, dtype=torch.float64)
-    n_images, skipped, stop_seen = 0, 0, False
+    n_images, skipped = 0, 0
     micro_batches = []
     for _ in range(group):
         batch = next(batches)
         skipped += len(batch.get("skipped", ()))
-        images, targets = _to_device(batch, run.device)
-        micro_batches.append((images.contiguous(memory_format=run.memory_format), targets))
+        micro_batches.append(batch_on_device(batch, run.device, run.memory_format))
     scales, sizes = [None] * group, [None] * group
     if group > 1:
         # The whole accumulated batch's normalisers, known before any backward.
         pre = [normaliser_sums(run.model, images, targets) for images, targets in micro_batches]
         scales = accumulation_scales(torch.stack([p[0] for p in pre]))
         sizes = [p[1] for p in pre]
+    summed = None
     for micro, (images, targets) in enumerate(micro_batches):
         n_images += images.shape[0]
         sync = micro == group - 1 or not run.info.enabled
         ctx = contextlib.nullcontext() if sync else run.loss_module.no_sync()
         with ctx:
-            with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-                losses = run.loss_module(images, targets, scales[micro], sizes[micro])
-            terms = torch.stack([losses[k] for k in LOSS_KEYS]).float()
-            total = terms.sum()
-            run.scaler.scale(total / group).backward()
+            terms = micro_batch_losses(run.loss_module, images, targets, scales[micro], sizes[micro], run.amp_dtype)
+            run.scaler.scale(terms.sum() / group).backward()
         # This process's stop flag rides along as a fourth value (padded on the device: no copy).
         flagged = torch.nn.functional.pad(terms.detach(), (0, 1), value=1.0 if stop.requested else 0.0)
-        reduced = distributed.all_reduce_mean(flagged).double().cpu()
-        sums += reduced[:3]
-        stop_seen = stop_seen or float(reduced[3]) > 0
-    sums /= group
-    if not torch.isfinite(sums).all():
-        raise NonFiniteLoss(
-            f"non-finite loss at iteration {pos.iteration + 1} (cls {sums[0]:.4g}, bbox {sums[1]:.4g}, "
-            f"centerness {sums[2]:.4g}); stopped, {run.latest} is the last good checkpoint "
-            f"(try a lower {param('lr')}, a longer warmup, or {param('amp')} none)")
+        reduced = distributed.all_reduce_mean(flagged).double()
+        summed = reduced if summed is None else summed + reduced
+    # Skipped by GradScaler (inf/NaN gradients under fp16): the lr above is the schedule's all the same.
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    return IterationResult(lr=lr, losses=sums, micro_steps=group, images=n_images, skipped=skipped,
-                           stop=stop_seen)
+    return IterationResult(iteration=pos.iteration + 1, lr=lr, micro_steps=group, images=n_images, skipped=skipped,
+                           values=HostCopy(summed))
 
 
-def _to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, list[dict]]:
-    """The images on `device` (asynchronously: on CUDA the loader pins them); the targets stay on
-    the host, where the model checks them, pads them into pinned buffers and uploads each padded
-    tensor in one asynchronous copy (under DDP, DistributedDataParallel moves them first)."""
-    return batch["images"].to(device, non_blocking=True), batch["targets"]
+def micro_batch_losses(loss_module: torch.nn.Module, images: torch.Tensor, targets, scale, sizes,
+                       amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """float32 [3] (LOSS_KEYS) of one micro-batch: the forward pass and the losses, the step's
+    device work before its backward. No value is read on the host here (the tests compile it
+    with fullgraph=True)."""
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        losses = loss_module(images, targets, scale, sizes)
+    return torch.stack([losses[k] for k in LOSS_KEYS]).float()
+
+
+def read_iteration(result: IterationResult, latest) -> IterationValues:
+    """The losses and stop flag of a queued iteration, on the host: waits for that iteration's
+    all_reduce (not for anything queued after it). NonFiniteLoss naming the iteration when a loss
+    is not finite; every rank alike (they read the same averaged values). `latest`: the
+    checkpoint the message names, which the loop wrote before this iteration was queued."""
+    values = result.values.get()
+    # The mean over micro-batches on the host, in float64 as before: a CUDA division by a Python
+    # number multiplies by its reciprocal, which can round otherwise.
+    losses = values[:3] / result.micro_steps
+    if not torch.isfinite(losses).all():
+        raise NonFiniteLoss(
+            f"non-finite loss at iteration {result.iteration} (cls {losses[0]:.4g}, bbox {losses[1]:.4g}, "
+            f"centerness {losses[2]:.4g}); stopped, {latest} is the last good checkpoint "
+            f"(try a lower {param('lr')}, a longer warmup, or {param('amp')} none)")
+    return IterationValues(losses=losses, stop=bool(values[3] > 0))
+
+
+def batch_on_device(batch: dict, device: torch.device,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, list[dict]]:
+    """(float32 [B, 3, H, W] normalised and zero-padded on `device`, targets). The images travel
+    asynchronously (on CUDA the loader pins them); a uint8 batch (`uint8_images` loaders) is
+    normalised and padded there (`transforms.normalize_padded`), a float32 one was on the host.
+    The targets stay on the host, where the model checks them, pads them into pinned buffers
+    and uploads each padded tensor in one asynchronous copy (under DDP,
+    DistributedDataParallel moves them first)."""
+    from atss_cli.data.transforms import normalize_padded
+
+    images = batch["images"].to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        extents = batch["image_sizes"]
+        if device.type == "cuda" and not extents.is_pinned():
+            extents = extents.pin_memory()
+        images = normalize_padded(images, extents.to(device, non_blocking=True))
+    return images.contiguous(memory_format=memory_format), batch["targets"]

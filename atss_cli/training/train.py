@@ -34,7 +34,7 @@ from atss_cli.training.run_log import Throughput
 from atss_cli.training.run import Position, TrainRun
 from atss_cli.training.setup import prepare_run
 from atss_cli.training.state import save_checkpoint
-from atss_cli.training.step import IterationResult, NonFiniteLoss, train_iteration
+from atss_cli.training.step import IterationResult, NonFiniteLoss, read_iteration, train_iteration
 from atss_cli.errors import AtssError
 
 __all__ = ["Reporter", "SilentReporter", "TrainingInterrupted", "NonFiniteLoss", "train",
@@ -97,22 +97,25 @@ def _run_recipe(run: TrainRun, reporter: Reporter, stop: StopRequest) -> dict:
     reporter.start(total_iters=plan.total_iters, start_iter=pos.iteration, iters_per_epoch=plan.iters_per_epoch)
     last_metrics = _evaluation_cut_short(run, pos, reporter)
     run.model.train()
-    throughput, bad_images = Throughput(), 0
+    unread = Unread(run, reporter)
     try:
         while pos.iteration < plan.total_iters and pos.epoch < cfg.epochs:
             batches = _epoch_batches(run, pos)
             while _inside_epoch(run, pos):
                 result = train_iteration(run, pos, batches, stop)
                 pos = Position(epoch=pos.epoch, step=pos.step + result.micro_steps, iteration=pos.iteration + 1)
-                bad_images += result.skipped
-                throughput.add(result.images * run.info.world_size)
-                _log_iteration(run, pos, result, throughput, bad_images, reporter)
-                if result.stop and _inside_epoch(run, pos):
-                    # Every rank saw the flag in this iteration's loss all_reduce: all save here.
+                # The previous iteration's values, read now that this one is queued.
+                stop_seen = unread.read_all_but_last(pos, result)
+                save_due = bool(cfg.save_every_iters) and pos.iteration % cfg.save_every_iters == 0
+                if stop_seen or save_due or not _inside_epoch(run, pos):
+                    # Every iteration read (finite) and logged before a save, a stop or an epoch's end.
+                    stop_seen = unread.read_all() or stop_seen
+                if stop_seen and _inside_epoch(run, pos):
+                    # Every rank read the flag from the same loss all_reduce: all save here.
                     # (After an epoch's last iteration the epoch's end saves and stops.)
                     save_checkpoint(run, pos, epoch_file=False)
-                    return _stopped_by_signal(run, pos, stop, reporter, last_metrics, bad_images)
-                if cfg.save_every_iters and pos.iteration % cfg.save_every_iters == 0 and _inside_epoch(run, pos):
+                    return _stopped_by_signal(run, pos, stop, reporter, last_metrics, unread.bad_images)
+                if save_due and _inside_epoch(run, pos):
                     save_checkpoint(run, pos, epoch_file=False)
             if pos.step < plan.steps_per_epoch:
                 # Stopped by max_iters inside the epoch: keep the exact position.
@@ -123,7 +126,7 @@ def _run_recipe(run: TrainRun, reporter: Reporter, stop: StopRequest) -> dict:
             pos = _save_epoch_end(run, pos)
             if stop.agreed(run.device):
                 # The evaluation this epoch's end owes is run first by the resumed run.
-                return _stopped_by_signal(run, pos, stop, reporter, last_metrics, bad_images)
+                return _stopped_by_signal(run, pos, stop, reporter, last_metrics, unread.bad_images)
             if _evaluation_due(run, pos.epoch):
                 last_metrics = _evaluate(run, pos, reporter)
             run.log.draw_curves()
@@ -131,14 +134,16 @@ def _run_recipe(run: TrainRun, reporter: Reporter, stop: StopRequest) -> dict:
                 break
             distributed.barrier()
     except KeyboardInterrupt:
-        # Ctrl-C anywhere in the loop: `pos` is the last completed iteration (or epoch end). The
-        # other ranks may be gone already, so rank 0 saves alone, without a collective call.
+        # Ctrl-C anywhere in the loop: `pos` is the last completed iteration (or epoch end), saved
+        # once its values are read (NonFiniteLoss instead if one is not finite). The other ranks
+        # may be gone already, so rank 0 saves alone, without a collective call.
+        unread.read_all()
         save_checkpoint(run, pos, epoch_file=False, collective=False)
         raise TrainingInterrupted(f"interrupted at iteration {pos.iteration}; checkpoint saved to {run.latest}; "
                                   "run the same command to resume") from None
     finally:
         run.log.close()
-    return _summary(run, pos, last_metrics, bad_images)
+    return _summary(run, pos, last_metrics, unread.bad_images)
 
 
 def _inside_epoch(run: TrainRun, pos: Position) -> bool:
@@ -153,11 +158,48 @@ def _epoch_batches(run: TrainRun, pos: Position):
     return iter(run.loader)
 
 
-def _log_iteration(run: TrainRun, pos: Position, result: IterationResult, throughput: Throughput,
-                   bad_images: int, reporter: Reporter) -> None:
+class Unread:
+    """The queued iterations whose values the host has not read yet (at most two: the one just
+    queued and the one before it), read and logged in order.
+
+    Read one iteration late: once iteration i+1 is queued, the host waits for i's loss
+    all_reduce only, while the device has i+1 in hand, and the GPU never idles waiting for the
+    host to queue a step. (Every K iterations would only spare K-1 reads of 32 bytes that are
+    already on the host by then, and it would hold K iterations' results, log K lines at once
+    and stop K iterations after a signal.) Every rank decides on the same values what to do
+    after a late read: a stop flag read with iteration i stops all of them after i+1.
+    """
+
+    def __init__(self, run: TrainRun, reporter: Reporter):
+        self.run, self.reporter = run, reporter
+        self.queued: list[tuple[Position, IterationResult]] = []
+        self.throughput, self.bad_images = Throughput(), 0
+
+    def read_all_but_last(self, pos: Position, result: IterationResult) -> bool:
+        """Queue `result` (the iteration that ended at `pos`) and read the ones before it; whether
+        one of those says stop."""
+        self.queued.append((pos, result))
+        return self._read(len(self.queued) - 1)
+
+    def read_all(self) -> bool:
+        return self._read(len(self.queued))
+
+    def _read(self, count: int) -> bool:
+        stop = False
+        for _ in range(count):
+            pos, result = self.queued.pop(0)  # off the list first: an interrupt never logs it twice
+            values = read_iteration(result, self.run.latest)
+            self.bad_images += result.skipped
+            self.throughput.add(result.images * self.run.info.world_size)
+            _log_iteration(self.run, pos, result, values.losses, self.throughput, self.bad_images, self.reporter)
+            stop = stop or values.stop
+        return stop
+
+
+def _log_iteration(run: TrainRun, pos: Position, result: IterationResult, losses: torch.Tensor,
+                   throughput: Throughput, bad_images: int, reporter: Reporter) -> None:
     """One "train" record in metrics.jsonl (and TensorBoard) and the reporter; throughput and
     memory on logged iterations and at an epoch's last."""
-    losses = result.losses
     record = {"kind": "train", "iteration": pos.iteration, "epoch": pos.epoch + 1, "step": pos.step,
               "lr": result.lr, "loss": float(losses.sum()), "loss_cls": float(losses[0]),
               "loss_bbox": float(losses[1]), "loss_centerness": float(losses[2])}
