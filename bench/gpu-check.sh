@@ -79,7 +79,7 @@ left() { echo $((DEADLINE - $(date +%s))); }
 # part of LOG, from byte OFFSET, says), the summaries rewritten.
 record() {
   "$PYTHON" bench/gpu_check.py record "${SUMMARY_ARGS[@]}" --step "$1" --status "$2" --seconds "$3" \
-    --rc "$4" --detail "$5" ${6:+--log "$6"} ${7:+--log-offset "$7"} 2>&1 | tee -a "$LOG"
+    --rc "$4" --detail="$5" ${6:+--log "$6"} ${7:+--log-offset "$7"} 2>&1 | tee -a "$LOG"
 }
 
 skipped() { record "$1" skipped 0 0 "$2"; }

@@ -150,5 +150,6 @@ def test_script_steps_and_skip_alias():
                          capture_output=True, text=True, check=True).stdout
     for name in ("memcheck", "racecheck", "synccheck", "initcheck", "assigner"):
         assert f",{name}," in got
+    assert '--detail="$5"' in text  # a detail such as "--skip" is the option's value, not an option
     budget = int(next(ln for ln in text.splitlines() if ln.startswith("BUDGET=")).split(":-")[1].rstrip("}"))
     assert budget <= 480  # one device call of at most 8 minutes

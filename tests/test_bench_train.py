@@ -57,7 +57,7 @@ def test_generated_jpegs_report(tmp_path):
 
 
 def test_train_ann_across_epochs(tmp_path):
-    """Four images at batch 2: the run's 1 + 2 + 1 steps cross two epoch ends of the sampler."""
+    """Four images at batch 2, two steps an epoch: the run's 1 + 2 + 1 steps cross an epoch end."""
     from atss_cli.benchmarks.images import coco_size_images
 
     made = coco_size_images(tmp_path / "data", 4, size=(96, 64))
@@ -82,3 +82,29 @@ def test_bad_flags_are_one_line(tmp_path):
     ann.write_text("{}")
     assert_one_line_error(atss("bench", "train", *TINY, "--train-ann", ann), "--train-images")
     assert_one_line_error(atss("bench", "train", *TINY, "--train-ann", tmp_path / "missing.json"), "missing.json")
+
+
+def test_sync_counting_counts_the_debug_warnings(monkeypatch):
+    """The CUDA sync count without a GPU: sync debug mode's warnings, emitted here by a stand-in
+    step, are counted per step and attributed to the line that raised them; other warnings not."""
+    import warnings
+
+    import torch
+
+    from atss_cli.benchmarks import train as bench
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def step(run, pos, batches, stop):
+        warnings.warn("called a synchronizing CUDA operation", UserWarning)
+        warnings.warn("called a synchronizing CUDA operation", UserWarning)
+        warnings.warn("something else", UserWarning)
+        return pos + 1, 2, None
+
+    monkeypatch.setattr(bench, "_one_step", step)
+    pos, per_step, sites = bench._count_syncs(None, 0, None, None, 3)
+    assert pos == 3 and per_step == 2.0 and modes == ["warn", "default"]
+    first = step.__code__.co_firstlineno
+    assert sorted((where.rsplit("/", 1)[-1], n) for where, n in sites) == [
+        (f"test_bench_train.py:{first + 1}", 3), (f"test_bench_train.py:{first + 2}", 3)]

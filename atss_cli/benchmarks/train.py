@@ -121,8 +121,14 @@ def _stats(times: list[float]) -> dict:
             "min": min(times), "max": max(times), "mean": statistics.fmean(times)}
 
 
+def _where(w: warnings.WarningMessage) -> str:
+    path = w.filename
+    return f"{os.path.relpath(path) if path.startswith(os.getcwd()) else path}:{w.lineno}"
+
+
 def _count_syncs(run, pos, batches, stop, steps: int):
-    """(syncs per step, [(python line, count)]) over `steps` steps in sync debug mode "warn"."""
+    """(position, syncs per step, [(python line, count)]) over `steps` steps in sync debug mode
+    "warn"; the mode is off again before the caller synchronises."""
     import torch
 
     with warnings.catch_warnings(record=True) as caught:
@@ -131,20 +137,10 @@ def _count_syncs(run, pos, batches, stop, steps: int):
         try:
             for _ in range(steps):
                 pos, _, _ = _one_step(run, pos, batches, stop)
-            torch.cuda.synchronize(run.device)  # the caller's own sync, not counted:
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    sites = Counter(f"{os.path.relpath(w.filename) if w.filename.startswith(os.getcwd()) else w.filename}:{w.lineno}"
-                    for w in syncs)
-    # The last one is the explicit synchronize above, outside the steps.
-    if syncs:
-        last = f"{os.path.relpath(syncs[-1].filename) if syncs[-1].filename.startswith(os.getcwd()) else syncs[-1].filename}:{syncs[-1].lineno}"
-        sites[last] -= 1
-        if sites[last] <= 0:
-            del sites[last]
-    total = sum(sites.values())
-    return pos, total / steps, sites.most_common(10)
+    sites = Counter(_where(w) for w in caught if "synchroniz" in str(w.message))
+    return pos, sum(sites.values()) / steps, sites.most_common(10)
 
 
 def _count_flops(run, pos, batches, stop):
@@ -157,7 +153,6 @@ def _count_flops(run, pos, batches, stop):
 
 
 def _profile(run, pos, batches, stop, steps: int, sync, top: int = 15):
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.device.type == "cuda" else [])
@@ -177,7 +172,6 @@ def _profile(run, pos, batches, stop, steps: int, sync, top: int = 15):
         rows.append({"name": e.key, "calls_per_step": e.count / steps,
                      "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
                      "self_device_ms_per_step": device_us(e) / 1e3 / steps if on_gpu else None})
-    del torch
     return pos, rows
 
 
@@ -279,7 +273,7 @@ def bench_train(*, device: str = "cpu", batch: int = 2, amp: str = "none", chann
             say(f"{SYNC_STEPS} steps in sync debug mode")
             pos, syncs, sync_sites = _count_syncs(run, pos, batches, stop, SYNC_STEPS)
             sync_note = (f"torch.cuda.set_sync_debug_mode('warn') over {SYNC_STEPS} steps after the window, "
-                         "warnings counted (the caller's own synchronize excluded)")
+                         "its warnings counted")
         elif dev.type == "cuda":
             sync_note = "not counted"
         say("one step under FlopCounterMode")
