@@ -31,6 +31,7 @@ def test_stages_loaders_and_workers_needed(tmp_path):
     assert r["workers_needed"] == math.ceil(1000 / stages["sample"]["images_per_s"])
     assert r["gpu_decoder"] is None and r["setting"]["data"]["size"] == "128x96"
     assert "needs" in proc.stdout and "OpenCV workers" in proc.stdout
+    assert "TrainDataset[i]" in proc.stdout  # printed as written, not read as Rich markup
 
 
 def test_torchvision_decoder_path_on_the_cpu(tmp_path):
@@ -47,8 +48,10 @@ def test_torchvision_decoder_path_on_the_cpu(tmp_path):
     assert r["decode_resize_vs_opencv"] == r["resize_vs_opencv"]
 
 
-def test_bad_flags_are_one_line():
+def test_bad_flags_are_one_line(tmp_path):
     import torch
+
+    from atss_cli.benchmarks.images import coco_size_images
 
     if not torch.cuda.is_available():
         assert_one_line_error(atss("bench", "data", *SMALL, "--decoder", "torchvision-gpu"),
@@ -56,3 +59,6 @@ def test_bad_flags_are_one_line():
     assert_one_line_error(atss("bench", "data", "--decoder", "pillow"), "--decoder")
     assert_one_line_error(atss("bench", "data", *SMALL, "--target-ips", "0"), "--target-ips")
     assert_one_line_error(atss("bench", "data", "--image-size", "12"), "1333x800")
+    made = coco_size_images(tmp_path / "few", 4, size=(96, 64))
+    assert_one_line_error(atss("bench", "data", *SMALL, "--train-ann", made["ann"], "--train-images", made["images"],
+                               "--workers", "0", "--loader-batches", "5"), "--loader-batches 5", "has 4")

@@ -86,9 +86,14 @@ def loader_rate(cache, *, workers: int, batch: int, scale: tuple[int, int], batc
                 pin_memory: bool) -> dict:
     """Images/s of the training DataLoader at `workers` processes, after `warmup` batches."""
     from atss_cli.data import build_train_loader
+    from atss_cli.errors import AtssError, param
 
     loader, sampler = build_train_loader(cache, batch_per_rank=batch, workers=workers, scale=scale,
                                          pin_memory=pin_memory)
+    if len(sampler) < warmup + batches:
+        raise AtssError(f"{param('loader_batches')} {batches} at {param('batch')} {batch} and {workers} workers "
+                        f"needs {batch * (warmup + batches)} training images in one epoch, the data has "
+                        f"{len(sampler) * batch}")
     it = iter(loader)
     for _ in range(warmup):
         next(it)
@@ -198,6 +203,11 @@ def _gpu_decoder(paths: list[str], scale: tuple[int, int], *, batch: int, repeat
                     "the device; synchronised after each pass"}
 
 
+def _loader_warmup(workers: int) -> int:
+    """Untimed batches before a loader's timing: the workers' start and their first prefetch."""
+    return max(2, workers)
+
+
 def bench_data(*, images: int = 64, image_size: tuple[int, int] = (640, 480), quality: int = 90,
                scale: tuple[int, int] = (1333, 800), workers: list[int] | None = None, batch: int = 2,
                loader_batches: int = 16, repeats: int = 3, target_ips: float = 200.0,
@@ -232,7 +242,7 @@ def bench_data(*, images: int = 64, image_size: tuple[int, int] = (640, 480), qu
     elif train_ann:
         cache, data = load_ann(Path(train_ann), Path(train_images)), {"source": "train_ann", "ann": str(train_ann)}
     else:
-        need = max(images, batch * (loader_batches + 4))
+        need = max(images, batch * (loader_batches + _loader_warmup(max(workers, default=0)) + 1))
         made = coco_size_images(Path(images_dir) if images_dir else default_folder(image_size, quality), need,
                                 size=image_size, quality=quality, seed=seed)
         cache, data = load_ann(Path(made["ann"]), Path(made["images"])), {"source": "generated", **made}
@@ -245,7 +255,7 @@ def bench_data(*, images: int = 64, image_size: tuple[int, int] = (640, 480), qu
     for n in workers:
         say(f"DataLoader at {n} workers")
         loaders.append(loader_rate(cache, workers=n, batch=batch, scale=scale, batches=loader_batches,
-                                   warmup=max(2, n), pin_memory=torch.cuda.is_available()))
+                                   warmup=_loader_warmup(n), pin_memory=torch.cuda.is_available()))
     sample = next((r for r in rows if r["stage"] == "sample"), None)
     need = math.ceil(target_ips / sample["images_per_s"]) if sample else None
     gpu = None

@@ -68,19 +68,21 @@ def bench_data_command(
 
 
 def print_report(out, r: dict) -> None:
+    from rich.markup import escape
+
     env, s = r["environment"], r["setting"]
     out.print(f"torch {env['torch']}, torchvision {env['torchvision']}, python {env['python']}; "
               f"{env['cpu']}, {env['affinity'] or env['cpu_count']} usable CPUs; load average "
               + ", ".join(f"{v:.2f}" for v in (env.get("load_average") or [])))
     d = s["data"]
     data = (f"{d['size']} JPEGs at quality {d['quality']}, {d['mean_bytes'] / 1e3:.0f} kB each"
-            if d["source"] == "generated" else f"{d['source']} {d.get('root') or d.get('ann')}")
+            if d["source"] == "generated" else escape(f"{d['source']} {d.get('root') or d.get('ann')}"))
     out.print(f"atss bench data: {s['images']} images ({data}), resized to fit {s['scale'][0]}x{s['scale'][1]}")
     if r["stages"]:
         out.print("one process, one thread (a loader worker's rate), median of passes:")
         for row in r["stages"]:
             out.print(f"  {row['stage']:<9} {row['ms_per_image']:7.2f} ms/image  {row['images_per_s']:7.1f} images/s"
-                      f"  (min..max {row['min_ms']:.2f}..{row['max_ms']:.2f} ms)  {row['note']}")
+                      f"  (min..max {row['min_ms']:.2f}..{row['max_ms']:.2f} ms)  {escape(row['note'])}")
     for row in r["loaders"]:
         out.print(f"  DataLoader, {row['workers']} workers, batch {row['batch']}: {row['images_per_s']:.1f} images/s "
                   f"({row['images']} images in {row['window_s']:.2f} s; batch gap median {row['batch_s_median']:.3f} s, "

@@ -74,6 +74,8 @@ def bench_train_command(
 
 
 def print_report(out, r: dict) -> None:
+    from rich.markup import escape
+
     env, s, st = r["environment"], r["setting"], r["step_s"]
     devices = ", ".join(f"{k}: {v}" for k, v in env["devices"].items())
     out.print(f"torch {env['torch']} (CUDA {env['cuda']}), torchvision {env['torchvision']}, "
@@ -82,7 +84,7 @@ def print_report(out, r: dict) -> None:
         out.print("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in env["load_average"]))
     d = s["data"]
     data = (f"{d['count']} generated {d['size']} JPEGs, quality {d['quality']}, {d['mean_bytes'] / 1e3:.0f} kB each"
-            if d["source"] == "generated" else f"{d['source']} {d.get('root') or d.get('ann')}")
+            if d["source"] == "generated" else escape(f"{d['source']} {d.get('root') or d.get('ann')}"))
     variant = f"R{s['depth']} {'fp32' if s['amp'] == 'none' else s['amp']}" + (" NHWC" if s["channels_last"] else "")
     out.print(f"atss bench train: {variant}, 1 process x {s['batch']} images, accumulate 1, "
               f"{s['workers']} loader workers, resize to fit {s['scale'][0]}x{s['scale'][1]}; data: {data}")
@@ -94,14 +96,14 @@ def print_report(out, r: dict) -> None:
     if r["host_syncs_per_step"] is None:
         out.print(f"  host syncs/step {r['host_sync_note']}")
     else:
-        sites = "; ".join(f"{x['where']} x{x['count']}" for x in r["host_sync_sites"][:5])
+        sites = escape("; ".join(f"{x['where']} x{x['count']}" for x in r["host_sync_sites"][:5]))
         out.print(f"  host syncs/step {r['host_syncs_per_step']:.1f}" + (f"  ({sites})" if sites else ""))
     ach = r["achieved_tflops"]
     frac = (f", {100 * r['peak_fraction']:.1f}% of {r['peak_tflops']:g} TFLOP/s ({r['peak_basis']})"
             if r["peak_fraction"] is not None else f" (peak: {r['peak_basis']})")
     out.print(f"  FLOP/s          {ach:.3g} TFLOP/s achieved ({r['flops_per_image'] / 1e9:.1f} GFLOP an image, "
               f"forward+backward, FlopCounterMode){frac}")
-    out.print(f"  peak memory     {r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']})")
+    out.print(f"  peak memory     {r['peak_memory_gb']:.2f} GB ({escape(r['peak_memory_kind'])})")
     if r.get("profile"):
         from rich.table import Table
 
@@ -109,6 +111,6 @@ def print_report(out, r: dict) -> None:
         for name in ("operator", "calls", "self CPU ms", "self device ms"):
             table.add_column(name, justify="left" if name == "operator" else "right", no_wrap=True)
         for p in r["profile"]:
-            table.add_row(p["name"][:60], f"{p['calls_per_step']:.0f}", f"{p['self_cpu_ms_per_step']:.2f}",
+            table.add_row(escape(p["name"][:60]), f"{p['calls_per_step']:.0f}", f"{p['self_cpu_ms_per_step']:.2f}",
                           "-" if p["self_device_ms_per_step"] is None else f"{p['self_device_ms_per_step']:.2f}")
         out.print(table)
