@@ -20,7 +20,7 @@
 #     data          (60 s)  atss bench data: OpenCV stages, the DataLoader at 2, 4, 8 workers,
 #                           torchvision decode_jpeg on the GPU and its distance from OpenCV
 #     model-bf16-b2 (40 s), model-bf16-b8 (40 s)  atss bench model --mode train (a batch already
-#                           on the device: the step's ceiling), 1333x800
+#                           on the device: the step's ceiling; predict too at batch 2), 1333x800
 #   and while time is left: train-fp32-b2 (60 s), model-fp32-b2 (35 s), assigner (60 s, atss
 #   bench assigner --device cuda --no-validate, events + graph, with and without geometry)
 # --skip sanitizers,assigner (or any step names) leaves those out: a rerun's usual choice.
@@ -53,7 +53,7 @@ while (($#)); do
     --no-build) BUILD=0 ;;
     --skip) SKIP="$SKIP$2,"; shift ;;
     --serial) SERIAL=1 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -241,7 +241,7 @@ if ((HAVE_GPU)); then
   serial_step data 60 "'$PYTHON' -m atss_cli bench data --images 64 --batch 8 --workers 2 --workers 4 --workers 8 \
 --loader-batches 16 --decoder opencv --decoder torchvision-gpu --gpu-batch 16 --json '$WORK/data.json'"
   serial_step model-bf16-b2 40 "'$PYTHON' -m atss_cli bench model --device cuda --depth 50 --size 1333x800 \
---batch 2 --amp bf16 --channels-last --mode train --repeats 10 --warmup 3 --json '$WORK/model-bf16-b2.json'"
+--batch 2 --amp bf16 --channels-last --mode train --mode predict --repeats 10 --warmup 3 --json '$WORK/model-bf16-b2.json'"
   serial_step model-bf16-b8 40 "'$PYTHON' -m atss_cli bench model --device cuda --depth 50 --size 1333x800 \
 --batch 8 --amp bf16 --channels-last --mode train --repeats 6 --warmup 2 --json '$WORK/model-bf16-b8.json'"
   serial_step train-fp32-b2 60 "$TRAIN --batch 2 --steps 30 --warmup 5 --json '$WORK/train-fp32-b2.json'"
