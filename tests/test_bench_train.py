@@ -52,7 +52,7 @@ def test_generated_jpegs_report(tmp_path):
     assert all(v > 0 for v in r["mean_losses"])
     names = [p["name"] for p in r["profile"]]
     assert len(names) == 15 and any("conv" in n for n in names)
-    assert r["environment"]["torch"] and "cpu" in r["environment"]["devices"]
+    assert r["environment"]["torch"] and "cpu" in r["environment"]["devices"] and r["diagnostic_errors"] == {}
     assert "images/s" in proc.stdout and "n/a (CPU)" in proc.stdout and "loader wait" in proc.stdout
 
 
@@ -108,3 +108,18 @@ def test_sync_counting_counts_the_debug_warnings(monkeypatch):
     first = step.__code__.co_firstlineno
     assert sorted((where.rsplit("/", 1)[-1], n) for where, n in sites) == [
         (f"test_bench_train.py:{first + 1}", 3), (f"test_bench_train.py:{first + 2}", 3)]
+
+
+def test_a_failing_diagnostic_keeps_the_figures(tmp_path, monkeypatch):
+    """The profiler (or the FLOP count) failing after the timed window is reported, and the
+    measured figures are still returned: a device call has one try."""
+    from atss_cli.benchmarks import train as bench
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUPTI not found\nmore")
+
+    monkeypatch.setattr(bench, "_profile", broken)
+    r = bench.bench_train(device="cpu", preset="tiny", scale=(96, 64), image_size=(128, 96), steps=1, warmup=0,
+                          workers=0, profile=True, threads=1, images_dir=tmp_path / "img")
+    assert r["images"] == 2 and r["images_per_s"] > 0 and r["flops_per_step"] > 0
+    assert r["profile"] is None and r["diagnostic_errors"] == {"profile": "RuntimeError: CUPTI not found"}

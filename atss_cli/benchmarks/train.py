@@ -143,6 +143,11 @@ def _count_syncs(run, pos, batches, stop, steps: int):
     return pos, sum(sites.values()) / steps, sites.most_common(10)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def _count_flops(run, pos, batches, stop):
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -268,21 +273,35 @@ def bench_train(*, device: str = "cpu", batch: int = 2, amp: str = "none", chann
                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)
         step_times = [b - a for a, b in zip(marks, marks[1:])]
 
+        # The figures above are measured; what follows only adds diagnostics. A device call has
+        # one try, so a diagnostic that fails (a profiler without CUPTI, say) is reported in the
+        # report's `diagnostic_errors` instead of losing the measurement.
+        errors: dict[str, str] = {}
         syncs, sync_sites, sync_note = None, [], "n/a (CPU)"
         if dev.type == "cuda" and count_syncs:
             say(f"{SYNC_STEPS} steps in sync debug mode")
-            pos, syncs, sync_sites = _count_syncs(run, pos, batches, stop, SYNC_STEPS)
-            sync_note = (f"torch.cuda.set_sync_debug_mode('warn') over {SYNC_STEPS} steps after the window, "
-                         "its warnings counted")
+            try:
+                pos, syncs, sync_sites = _count_syncs(run, pos, batches, stop, SYNC_STEPS)
+                sync_note = (f"torch.cuda.set_sync_debug_mode('warn') over {SYNC_STEPS} steps after the window, "
+                             "its warnings counted")
+            except Exception as exc:  # noqa: BLE001 - a diagnostic, see above
+                errors["host_syncs"], sync_note = _first_line(exc), "not counted (failed)"
         elif dev.type == "cuda":
             sync_note = "not counted"
         say("one step under FlopCounterMode")
-        pos, flops, flop_images = _count_flops(run, pos, batches, stop)
-        sync()
+        flops, flop_images = 0, 0
+        try:
+            pos, flops, flop_images = _count_flops(run, pos, batches, stop)
+            sync()
+        except Exception as exc:  # noqa: BLE001
+            errors["flops"] = _first_line(exc)
         top_ops = None
         if profile:
             say(f"{PROFILE_STEPS} steps under torch.profiler")
-            pos, top_ops = _profile(run, pos, batches, stop, PROFILE_STEPS, sync)
+            try:
+                pos, top_ops = _profile(run, pos, batches, stop, PROFILE_STEPS, sync)
+            except Exception as exc:  # noqa: BLE001
+                errors["profile"] = _first_line(exc)
         batches.close()
 
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
@@ -296,7 +315,7 @@ def bench_train(*, device: str = "cpu", batch: int = 2, amp: str = "none", chann
         steps_per_s = steps / window if window > 0 else float("inf")
         # FLOPs of one step of the counted batch; scaled to images where batch shapes differ.
         flops_per_image = flops / flop_images if flop_images else 0.0
-        achieved = flops_per_image * images / window / 1e12 if window > 0 else None
+        achieved = flops_per_image * images / window / 1e12 if window > 0 and flops else None
         read = [torch.as_tensor(v, dtype=torch.float64).cpu() for v in losses if v is not None]
         mean_losses = torch.stack(read).mean(0).tolist() if read else None
         return {
@@ -328,6 +347,7 @@ def bench_train(*, device: str = "cpu", batch: int = 2, amp: str = "none", chann
                                  else "max RSS of this process (loader workers not included)"),
             "mean_losses": mean_losses,
             "profile": top_ops,
+            "diagnostic_errors": errors,
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)

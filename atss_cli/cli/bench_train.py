@@ -99,9 +99,11 @@ def print_report(out, r: dict) -> None:
         sites = escape("; ".join(f"{x['where']} x{x['count']}" for x in r["host_sync_sites"][:5]))
         out.print(f"  host syncs/step {r['host_syncs_per_step']:.1f}" + (f"  ({sites})" if sites else ""))
     ach = r["achieved_tflops"]
+    for what, error in (r.get("diagnostic_errors") or {}).items():
+        out.print(f"  {what} failed: {escape(error)}")
     frac = (f", {100 * r['peak_fraction']:.1f}% of {r['peak_tflops']:g} TFLOP/s ({r['peak_basis']})"
             if r["peak_fraction"] is not None else f" (peak: {r['peak_basis']})")
-    out.print(f"  FLOP/s          {ach:.3g} TFLOP/s achieved ({r['flops_per_image'] / 1e9:.1f} GFLOP an image, "
+    out.print(f"  FLOP/s          {'-' if ach is None else format(ach, '.3g')} TFLOP/s achieved ({r['flops_per_image'] / 1e9:.1f} GFLOP an image, "
               f"forward+backward, FlopCounterMode){frac}")
     out.print(f"  peak memory     {r['peak_memory_gb']:.2f} GB ({escape(r['peak_memory_kind'])})")
     if r.get("profile"):
