@@ -1,32 +1,40 @@
 #!/usr/bin/env bash
-# The one command a session with a lent GPU runs (issue 11, deliverable 6), from the repo root:
+# The one command a session with a lent GPU runs (issues 11 and 18), from the repo root:
 #
 #   bash bench/gpu-check.sh [--dry-run] [--out DIR] [--summary-dir DIR] [--budget SECONDS]
 #                           [--no-build] [--skip STEP[,STEP...]] [--serial]
 #
-# Steps, each time-boxed (`timeout`) inside one overall budget (default 285 s), each recorded
-# under $OUT as it ends (gpu-check.log, gpu-check.json, gpu-check.md; the logs of the steps
-# that run side by side, merged into gpu-check.log when they end; assigner_<device>.json/.md):
-#   env       facts: nvidia-smi, python, torch, CUDA, nvcc, compute-sanitizer, runtime
-#   wheels    pip-installs the carried cp312 wheels ($WHEEL_DIR, default .whl) into /tmp/site
-#   build     the extension in place against the machine's own torch (arch 9.0 by default)
-#   then side by side: tests (pytest -m cuda over tests/, then tests/test_kernel_harness.py)
-#             and compute-sanitizer memcheck, racecheck, synccheck, initcheck on
-#             bench/sanitize_scene.py (skipped with the reason where the device is refused)
-#   then alone (timings): assigner (atss bench assigner --device cuda --no-validate, events +
-#             graph, with and without geometry), model-bf16-b2 (R50, 1333x800, batch 2, AMP bf16,
-#             channels_last, train + predict), then while time is left model-fp32-b2, model-bf16-b8
+# One call of at most 8 minutes: every step time-boxed (`timeout`, the seconds below) inside one
+# overall budget (default 450 s), each recorded under $OUT as it ends (gpu-check.log,
+# gpu-check.json, gpu-check.md; assigner_<device>.json/.md). In this order:
+#   env       (60 s) facts: nvidia-smi, python, torch, CUDA, nvcc, compute-sanitizer, runtime
+#   wheels    (60 s) pip-installs the carried cp312 wheels ($WHEEL_DIR, default .whl) into /tmp/site
+#   build     (240 s) the extension in place against the machine's own torch (the GPU's own arch)
+#   extension (60 s) the extension loads, with CUDA kernels
+#   then side by side until 250 s before the budget's end: tests (pytest -m cuda over tests/,
+#             then tests/test_kernel_harness.py) and compute-sanitizer memcheck, racecheck,
+#             synccheck, initcheck on bench/sanitize_scene.py ("sanitizers" skips all four)
+#   then alone (timings), R50-FPN, the recipe's resize to 1333x800 of 640x480 JPEGs:
+#     train-bf16-b2 (75 s)  atss bench train, bf16 + channels_last, batch 2, the default workers
+#     train-bf16-b8 (80 s)  the same at batch 8 with 8 workers, and --profile
+#     data          (60 s)  atss bench data: OpenCV stages, the DataLoader at 2, 4, 8 workers,
+#                           torchvision decode_jpeg on the GPU and its distance from OpenCV
+#     model-bf16-b2 (40 s), model-bf16-b8 (40 s)  atss bench model --mode train (a batch already
+#                           on the device: the step's ceiling; predict too at batch 2), 1333x800
+#   and while time is left: train-fp32-b2 (60 s), model-fp32-b2 (35 s), assigner (60 s, atss
+#   bench assigner --device cuda --no-validate, events + graph, with and without geometry)
+# --skip sanitizers,assigner (or any step names) leaves those out: a rerun's usual choice.
 #
 # Without a GPU (or with --dry-run) it rehearses: the same steps, the GPU ones as CPU stand-ins
-# (tiny model, quick assigner, the sanitizer scene without compute-sanitizer), each saying so.
-# It uses $PYTHON (default python3), no virtual environment and no network.
+# (tiny model, small input, a few steps; the sanitizer scene without compute-sanitizer), each
+# saying so. It uses $PYTHON (default python3), no virtual environment and no network.
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-/tmp/gpu-check-out}
-BUDGET=${GPU_CHECK_BUDGET:-285}
+BUDGET=${GPU_CHECK_BUDGET:-450}
 WHEEL_DIR=${WHEEL_DIR:-.whl}
 SUMMARY_DIR=""
 DRY_RUN=0
@@ -45,11 +53,14 @@ while (($#)); do
     --no-build) BUILD=0 ;;
     --skip) SKIP="$SKIP$2,"; shift ;;
     --serial) SERIAL=1 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+
+# "sanitizers" names the four compute-sanitizer tools (and the CPU rehearsal of their scene).
+[[ $SKIP == *",sanitizers,"* ]] && SKIP="${SKIP}memcheck,racecheck,synccheck,initcheck,sanitize-cpu,"
 
 START=$(date +%s)
 DEADLINE=$((START + BUDGET))
@@ -68,7 +79,7 @@ left() { echo $((DEADLINE - $(date +%s))); }
 # part of LOG, from byte OFFSET, says), the summaries rewritten.
 record() {
   "$PYTHON" bench/gpu_check.py record "${SUMMARY_ARGS[@]}" --step "$1" --status "$2" --seconds "$3" \
-    --rc "$4" --detail "$5" ${6:+--log "$6"} ${7:+--log-offset "$7"} 2>&1 | tee -a "$LOG"
+    --rc "$4" --detail="$5" ${6:+--log "$6"} ${7:+--log-offset "$7"} 2>&1 | tee -a "$LOG"
 }
 
 skipped() { record "$1" skipped 0 0 "$2"; }
@@ -154,7 +165,7 @@ assert not torch.cuda.is_available() or e.has_cuda(), \"GPU present but no CUDA 
 
 # ---- tests and sanitizers, side by side ------------------------------------------------------
 # Correctness runs need no quiet GPU: they share it. Timings come after, alone.
-PHASE_END=$(($(date +%s) + $(left) - ${GPU_CHECK_TIMING_RESERVE:-110}))
+PHASE_END=$(($(date +%s) + $(left) - ${GPU_CHECK_TIMING_RESERVE:-250}))
 phase_left() { local s=$((PHASE_END - $(date +%s))); ((s < 0)) && s=0; echo $s; }
 
 tests_lane() {
@@ -175,6 +186,7 @@ cs_flag() {  # FLAG VALUE: "FLAG VALUE" where this compute-sanitizer knows FLAG 
 }
 sanitizer_lane() {  # TOOL PORT
   local tool=$1 port=$2 flags
+  if [[ $SKIP == *",$tool,"* ]]; then skipped "$tool" "--skip"; return; fi
   if ((!HAVE_GPU)); then
     skipped "$tool" "no GPU: compute-sanitizer needs one (the scene is rehearsed on the CPU in sanitize-cpu)"
     return
@@ -217,25 +229,45 @@ done
 "$PYTHON" bench/gpu_check.py write "${SUMMARY_ARGS[@]}" >/dev/null 2>&1
 
 # ---- timings, alone on the GPU ---------------------------------------------------------------
+# Must-haves first (the training step with its loader, the input pipeline, the step's ceiling),
+# then what a short budget may drop. The JSON of each run goes to $WORK; gpu_check.py folds
+# them into gpu-check.json and .md.
 if ((HAVE_GPU)); then
-  serial_step assigner 90 "'$PYTHON' -m atss_cli bench assigner --device cuda --no-validate --geometry both \
---batch 16 --batch 2 --num-gt 100 --num-gt 8 --num-gt 1000 --num-gt 3000 --case-seconds 4 \
---json '$OUT/assigner_cuda.json' --markdown '$OUT/assigner_cuda.md'"
-  serial_step model-bf16-b2 80 "'$PYTHON' -m atss_cli bench model --device cuda --depth 50 --size 1333x800 \
+  TRAIN="'$PYTHON' -m atss_cli bench train --device cuda --depth 50"
+  serial_step train-bf16-b2 75 "$TRAIN --batch 2 --amp bf16 --channels-last --steps 40 --warmup 8 \
+--json '$WORK/train-bf16-b2.json'"
+  serial_step train-bf16-b8 80 "$TRAIN --batch 8 --amp bf16 --channels-last --workers 8 --steps 25 --warmup 5 \
+--profile --json '$WORK/train-bf16-b8.json'"
+  serial_step data 60 "'$PYTHON' -m atss_cli bench data --images 64 --batch 8 --workers 2 --workers 4 --workers 8 \
+--loader-batches 16 --decoder opencv --decoder torchvision-gpu --gpu-batch 16 --json '$WORK/data.json'"
+  serial_step model-bf16-b2 40 "'$PYTHON' -m atss_cli bench model --device cuda --depth 50 --size 1333x800 \
 --batch 2 --amp bf16 --channels-last --mode train --mode predict --repeats 10 --warmup 3 --json '$WORK/model-bf16-b2.json'"
-  serial_step model-fp32-b2 45 "'$PYTHON' -m atss_cli bench model --device cuda --depth 50 --size 1333x800 \
---batch 2 --mode train --repeats 8 --warmup 3 --json '$WORK/model-fp32-b2.json'"
-  serial_step model-bf16-b8 45 "'$PYTHON' -m atss_cli bench model --device cuda --depth 50 --size 1333x800 \
+  serial_step model-bf16-b8 40 "'$PYTHON' -m atss_cli bench model --device cuda --depth 50 --size 1333x800 \
 --batch 8 --amp bf16 --channels-last --mode train --repeats 6 --warmup 2 --json '$WORK/model-bf16-b8.json'"
+  serial_step train-fp32-b2 60 "$TRAIN --batch 2 --steps 30 --warmup 5 --json '$WORK/train-fp32-b2.json'"
+  serial_step model-fp32-b2 35 "'$PYTHON' -m atss_cli bench model --device cuda --depth 50 --size 1333x800 \
+--batch 2 --mode train --repeats 8 --warmup 3 --json '$WORK/model-fp32-b2.json'"
+  serial_step assigner 60 "'$PYTHON' -m atss_cli bench assigner --device cuda --no-validate --geometry both \
+--batch 16 --batch 2 --num-gt 100 --num-gt 8 --num-gt 1000 --num-gt 3000 --case-seconds 3 \
+--json '$OUT/assigner_cuda.json' --markdown '$OUT/assigner_cuda.md'"
 else
+  # CPU stand-ins: the same commands on a tiny model and a small input, to rehearse the plumbing.
+  TRAIN="'$PYTHON' -m atss_cli bench train --device cpu --preset tiny --scale 160x128 --steps 3 --warmup 1"
+  serial_step train-bf16-b2 120 "$TRAIN --batch 2 --amp bf16 --channels-last --json '$WORK/train-bf16-b2.json'"
+  serial_step train-bf16-b8 120 "$TRAIN --batch 8 --amp bf16 --channels-last --workers 2 --profile \
+--json '$WORK/train-bf16-b8.json'"
+  serial_step data 90 "'$PYTHON' -m atss_cli bench data --images 16 --repeats 2 --batch 2 --workers 0 --workers 2 \
+--loader-batches 4 --json '$WORK/data.json'"
+  serial_step model-bf16-b2 120 "'$PYTHON' -m atss_cli bench model --device cpu --preset tiny --size 160x128 \
+--batch 2 --amp bf16 --channels-last --mode train --repeats 2 --warmup 1 --json '$WORK/model-bf16-b2.json'"
+  serial_step train-fp32-b2 120 "$TRAIN --batch 2 --json '$WORK/train-fp32-b2.json'"
   serial_step assigner 120 "'$PYTHON' -m atss_cli bench assigner --device cpu --no-validate --geometry both \
 --batch 2 --num-gt 8 --num-gt 100 --repeats 5 --warmup 1 --case-seconds 2 \
 --json '$OUT/assigner_cpu-rehearsal.json' --markdown '$OUT/assigner_cpu-rehearsal.md'"
-  serial_step model-bf16-b2 120 "'$PYTHON' -m atss_cli bench model --device cpu --preset tiny --size 160x128 \
---batch 2 --amp bf16 --channels-last --mode train --mode predict --repeats 2 --warmup 1 --json '$WORK/model-bf16-b2.json'"
 fi
 
 "$PYTHON" bench/gpu_check.py write "${SUMMARY_ARGS[@]}" >/dev/null 2>&1
 say "done in $(($(date +%s) - START)) s ($MODE); summaries: $OUT/gpu-check.md, $OUT/gpu-check.json"
-# The reply shows the end of the output: the headline last.
-sed -n '/^## Steps/,/^### All cases/p' "$OUT/gpu-check.md" | grep -v '^### All cases'
+# The reply shows the end of the output: the headline last (steps, then the training figures).
+sed -n '/^## Steps/,/^## Assigner/p' "$OUT/gpu-check.md" | grep -v '^## Assigner'
+sed -n '/^## Training step/,$p' "$OUT/gpu-check.md"

@@ -30,7 +30,12 @@ TARGET_US = 50.0
 TARGET_SPEEDUP = 100.0
 TARGET_CASE = {"batch": 16, "num_gt": 100}
 STEP_ORDER = ("env", "wheels", "build", "extension", "sanitize-cpu", "tests-cuda", "tests-harness", "memcheck",
-              "racecheck", "synccheck", "initcheck", "assigner", "model-bf16-b2", "model-fp32-b2", "model-bf16-b8")
+              "racecheck", "synccheck", "initcheck", "train-bf16-b2", "train-bf16-b8", "data", "model-bf16-b2",
+              "model-bf16-b8", "train-fp32-b2", "model-fp32-b2", "assigner")
+# Issue 18's targets for `atss bench train` (R50-FPN, bf16 + channels_last, one process, H200):
+# images/s at a batch, and the loader's wait as a share of the step.
+TRAIN_TARGETS_IPS = {2: 80.0, 8: 200.0}
+TRAIN_TARGET_LOADER_SHARE = 0.05
 
 
 def _run(cmd: list[str], timeout: float = 20) -> str | None:
@@ -238,12 +243,46 @@ def model_summary(results: list[tuple[str, dict]]) -> list[dict]:
     return out
 
 
+def train_summary(results: list[tuple[str, dict]], mode: str) -> list[dict]:
+    """One row per `atss bench train` run, with issue 18's targets where the run is their case
+    (R50, bf16, channels_last, on a GPU; a rehearsal's rows say "not a target case")."""
+    out = []
+    for name, r in results:
+        s = r.get("setting", {})
+        row = {"run": name, "device": s.get("device_name") or s.get("device"), "batch": s.get("batch"),
+               "depth": s.get("depth"), "amp": s.get("amp"), "channels_last": s.get("channels_last"),
+               "workers": s.get("workers"), "data": (s.get("data") or {}).get("size") or (s.get("data") or {}).get("source"),
+               "images_per_s": r.get("images_per_s"), "step_median_s": (r.get("step_s") or {}).get("median"),
+               "step_iqr_pct": (r.get("step_s") or {}).get("iqr_pct"), "loader_wait_share": r.get("loader_wait_share"),
+               "host_syncs_per_step": r.get("host_syncs_per_step"), "achieved_tflops": r.get("achieved_tflops"),
+               "peak_fraction": r.get("peak_fraction"), "peak_memory_gb": r.get("peak_memory_gb"),
+               "top_ops": [p["name"] for p in (r.get("profile") or [])[:5]]}
+        target = TRAIN_TARGETS_IPS.get(row["batch"])
+        if (mode == "gpu" and target and row["depth"] == 50 and row["amp"] == "bf16" and row["channels_last"]
+                and str(s.get("device", "")).startswith("cuda")):
+            row["target_ips"] = target
+            row["meets_ips_target"] = (row["images_per_s"] or 0) >= target
+            row["meets_loader_target"] = (row["loader_wait_share"] or 0) < TRAIN_TARGET_LOADER_SHARE
+        out.append(row)
+    return out
+
+
+def data_summary(result: dict | None) -> dict | None:
+    if not result:
+        return None
+    return {"stages": result.get("stages", []), "loaders": result.get("loaders", []),
+            "workers_needed": result.get("workers_needed"), "target_ips": result.get("setting", {}).get("target_ips"),
+            "gpu_decoder": result.get("gpu_decoder"), "cpus": result.get("environment", {}).get("affinity"),
+            "data": result.get("setting", {}).get("data")}
+
+
 def build(work: Path, out: Path) -> dict:
     env = _load(work / "env.json") or {}
     atss_env = _load(work / "atss_env.json")
     assigner_files = sorted(glob.glob(str(out / "assigner_*.json")))
     assigner = _load(Path(assigner_files[0])) if assigner_files else None
     models = [(Path(p).stem, r) for p in sorted(glob.glob(str(work / "model-*.json"))) if (r := _load(Path(p)))]
+    trains = [(Path(p).stem, r) for p in sorted(glob.glob(str(work / "train-*.json"))) if (r := _load(Path(p)))]
     mode = (work / "mode").read_text().strip() if (work / "mode").exists() else "unknown"
     steps = _steps(work)
     return {"what": "bench/gpu-check.sh (issue 11, deliverable 6)", "mode": mode,
@@ -251,6 +290,9 @@ def build(work: Path, out: Path) -> dict:
             "environment": env, "atss_env": atss_env, "steps": steps,
             "assigner_target": assigner_summary(assigner),
             "model": model_summary(models),
+            "train": train_summary(trains, mode),
+            "data": data_summary(_load(work / "data.json")),
+            "train_runs": dict(trains),
             "assigner": assigner}
 
 
@@ -337,6 +379,52 @@ def markdown(s: dict, out: Path) -> str:
             lines.append(f"| {r['run']} | {r['device']} | {r['mode']} | {r['size']} | {r['batch']} | {model} | "
                          f"{r['median_s']:.4f} | {r['iqr_pct']:.0f}% | {r['images_per_s']:.1f} | "
                          f"{_fmt(r.get('peak_gb'))} |")
+    else:
+        lines.append("Not measured.")
+    lines += ["", "## Training step with the real loader (`atss bench train`)", ""]
+    if s.get("train"):
+        lines += ["One process, accumulate 1; step = host time between step starts (nothing synchronised inside the "
+                  "window); loader = time blocked in next() / window; syncs counted in sync debug mode \"warn\".", "",
+                  "| run | device | batch | model | workers | images/s | step s (IQR) | loader wait | syncs/step | "
+                  "TFLOP/s (of peak) | peak GB | target |",
+                  "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in s["train"]:
+            model = f"R{r['depth']} {'fp32' if r['amp'] == 'none' else r['amp']}" + (" NHWC" if r["channels_last"] else "")
+            frac = f" ({100 * r['peak_fraction']:.1f}%)" if r.get("peak_fraction") is not None else ""
+            target = "not a target case"
+            if r.get("target_ips"):
+                target = (f"{r['target_ips']:g} images/s: {'met' if r['meets_ips_target'] else 'not met'}; loader "
+                          f"< {100 * TRAIN_TARGET_LOADER_SHARE:g}%: {'met' if r['meets_loader_target'] else 'not met'}")
+            syncs = "n/a" if r.get("host_syncs_per_step") is None else f"{r['host_syncs_per_step']:.1f}"
+            lines.append(f"| {r['run']} | {r['device']} | {r['batch']} | {model} | {r['workers']} | "
+                         f"{_fmt(r['images_per_s'])} | {_fmt(r['step_median_s'])} ({_fmt(r['step_iqr_pct'], 2)}%) | "
+                         f"{100 * (r['loader_wait_share'] or 0):.1f}% | {syncs} | {_fmt(r['achieved_tflops'])}{frac} | "
+                         f"{_fmt(r['peak_memory_gb'])} | {target} |")
+        for r in s["train"]:
+            if r.get("top_ops"):
+                lines.append(f"- {r['run']} top operators by self time: {', '.join(r['top_ops'])}")
+        lines.append("- images/s on one GPU; 8 GPUs add NCCL and eight loaders, not measured here.")
+    else:
+        lines.append("Not measured.")
+    lines += ["", "## Input pipeline (`atss bench data`)", ""]
+    d = s.get("data")
+    if d:
+        for st in d["stages"]:
+            lines.append(f"- {st['stage']}: {st['ms_per_image']:.2f} ms/image, {st['images_per_s']:.0f} images/s "
+                         f"per worker ({st['note']})")
+        for ld in d["loaders"]:
+            lines.append(f"- DataLoader at {ld['workers']} workers, batch {ld['batch']}: {ld['images_per_s']:.0f} images/s")
+        if d.get("workers_needed") is not None:
+            lines.append(f"- a GPU at {d['target_ips']:g} images/s needs {d['workers_needed']} OpenCV workers "
+                         f"(this machine: {d.get('cpus')} CPUs)")
+        g = d.get("gpu_decoder")
+        if g:
+            lines.append(f"- {g['decoder']} on {g['device']}, batch {g['batch']}: {g['images_per_s']:.0f} images/s; "
+                         f"vs OpenCV: decode max {g['decode_vs_opencv']['max_abs']:.0f} / mean "
+                         f"{g['decode_vs_opencv']['mean_abs']:.3f}, resize max {g['resize_vs_opencv']['max_abs']:.0f} / "
+                         f"mean {g['resize_vs_opencv']['mean_abs']:.3f}, both max "
+                         f"{g['decode_resize_vs_opencv']['max_abs']:.0f} / mean "
+                         f"{g['decode_resize_vs_opencv']['mean_abs']:.3f} (0..255)")
     else:
         lines.append("Not measured.")
     return "\n".join(lines) + "\n"

@@ -90,4 +90,66 @@ def test_script_parses_and_has_help():
     script = ROOT / "bench" / "gpu-check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     out = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, check=True).stdout
-    assert "--dry-run" in out and "compute-sanitizer" in out
+    assert "--dry-run" in out and "compute-sanitizer" in out and "train-bf16-b8" in out and "sanitizers" in out
+
+
+def _train_result(batch, ips, wait, amp="bf16", device="cuda"):
+    return {"setting": {"device": device, "device_name": "NVIDIA H200", "batch": batch, "depth": 50, "amp": amp,
+                        "channels_last": amp == "bf16", "workers": 2, "data": {"source": "generated", "size": "640x480"}},
+            "images_per_s": ips, "step_s": {"median": batch / ips, "iqr_pct": 3.0}, "loader_wait_share": wait,
+            "host_syncs_per_step": 4.0, "achieved_tflops": 50.0, "peak_fraction": 0.05, "peak_memory_gb": 9.0,
+            "profile": [{"name": "aten::convolution_backward"}]}
+
+
+def test_train_and_data_sections(gc, tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    (work / "mode").write_text("gpu\n")
+    (work / "train-bf16-b2.json").write_text(json.dumps(_train_result(2, 85.0, 0.01)))
+    (work / "train-bf16-b8.json").write_text(json.dumps(_train_result(8, 150.0, 0.2)))
+    (work / "train-fp32-b2.json").write_text(json.dumps(_train_result(2, 40.0, 0.01, amp="none")))
+    (work / "data.json").write_text(json.dumps({
+        "setting": {"target_ips": 200, "data": {"size": "640x480"}}, "environment": {"affinity": 16},
+        "stages": [{"stage": "sample", "ms_per_image": 16.0, "images_per_s": 62.5, "note": "TrainDataset"}],
+        "loaders": [{"workers": 4, "batch": 8, "images_per_s": 190.0}], "workers_needed": 4,
+        "gpu_decoder": {"decoder": "torchvision-gpu", "device": "NVIDIA H200", "batch": 16, "images_per_s": 2000.0,
+                        "decode_vs_opencv": {"max_abs": 3.0, "mean_abs": 0.4},
+                        "resize_vs_opencv": {"max_abs": 1.0, "mean_abs": 0.1},
+                        "decode_resize_vs_opencv": {"max_abs": 3.0, "mean_abs": 0.45}}}))
+    gc.main(["write", "--work", str(work), "--out", str(out)])
+    s = json.loads((out / "gpu-check.json").read_text())
+    rows = {r["run"]: r for r in s["train"]}
+    assert rows["train-bf16-b2"]["meets_ips_target"] is True and rows["train-bf16-b2"]["meets_loader_target"] is True
+    assert rows["train-bf16-b8"]["target_ips"] == 200 and rows["train-bf16-b8"]["meets_ips_target"] is False
+    assert rows["train-bf16-b8"]["meets_loader_target"] is False
+    assert "target_ips" not in rows["train-fp32-b2"]  # fp32 is no target case
+    assert s["data"]["workers_needed"] == 4 and s["train_runs"]["train-bf16-b8"]["images_per_s"] == 150.0
+    md = (out / "gpu-check.md").read_text()
+    assert "| train-bf16-b2 | NVIDIA H200 | 2 | R50 bf16 NHWC | 2 | 85 |" in md
+    assert "80 images/s: met; loader < 5%: met" in md and "200 images/s: not met; loader < 5%: not met" in md
+    assert "needs 4 OpenCV workers" in md and "resize max 1 / mean 0.100" in md
+    assert "NCCL and eight loaders, not measured" in md
+    # A rehearsal's rows are never held against the GPU targets.
+    (work / "mode").write_text("rehearsal\n")
+    gc.main(["write", "--work", str(work), "--out", str(out)])
+    s = json.loads((out / "gpu-check.json").read_text())
+    assert all("target_ips" not in r for r in s["train"])
+
+
+def test_script_steps_and_skip_alias():
+    text = (ROOT / "bench" / "gpu-check.sh").read_text()
+    timed = text[text.index("# ---- timings"):]
+    gpu = timed[:timed.index("else")]
+    order = [gpu.index(f"serial_step {name} ") for name in
+             ("train-bf16-b2", "train-bf16-b8", "data", "model-bf16-b2", "model-bf16-b8", "train-fp32-b2",
+              "model-fp32-b2", "assigner")]
+    assert order == sorted(order)
+    # `--skip sanitizers` expands to the four tools (run the expansion line alone).
+    line = next(ln for ln in text.splitlines() if ln.startswith('[[ $SKIP == *",sanitizers,"* ]]'))
+    got = subprocess.run(["bash", "-c", f'SKIP=",sanitizers,assigner,"; {line}; echo "$SKIP"'],
+                         capture_output=True, text=True, check=True).stdout
+    for name in ("memcheck", "racecheck", "synccheck", "initcheck", "assigner"):
+        assert f",{name}," in got
+    assert '--detail="$5"' in text  # a detail such as "--skip" is the option's value, not an option
+    budget = int(next(ln for ln in text.splitlines() if ln.startswith("BUDGET=")).split(":-")[1].rstrip("}"))
+    assert budget <= 480  # one device call of at most 8 minutes

@@ -28,7 +28,8 @@ def _register() -> None:
     # Each module adds its own commands; a module that is not written yet is simply absent.
     import importlib
 
-    for name in ("env", "prepare", "train", "evaluate", "predict", "export", "demo", "bench_assigner", "bench_model"):
+    for name in ("env", "prepare", "train", "evaluate", "predict", "export", "demo", "bench_assigner", "bench_model",
+                 "bench_train", "bench_data"):
         try:
             module = importlib.import_module(f"atss_cli.cli.{name}")
         except ModuleNotFoundError as exc:
