@@ -88,6 +88,15 @@ def _one_step(run, pos, batches, stop):
             result.images, result)
 
 
+def _read(run, result):
+    """A queued iteration's losses on the host (float64 [3]), read as `atss train` reads them:
+    once the next iteration is queued (training.step.read_iteration waits for that iteration's
+    all_reduce only). None for a step that returned no result."""
+    from atss_cli.training.step import read_iteration
+
+    return None if result is None else read_iteration(result, run.latest).losses
+
+
 def _config(*, data: dict, device: str, batch: int, amp: str, channels_last: bool, workers: int | None,
             scale: tuple[int, int], model: dict, work: Path, seed: int):
     from atss_cli.config import TrainConfig, validate
@@ -135,8 +144,11 @@ def _count_syncs(run, pos, batches, stop, steps: int):
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
+            previous = None
             for _ in range(steps):
-                pos, _, _ = _one_step(run, pos, batches, stop)
+                pos, _, result = _one_step(run, pos, batches, stop)
+                _read(run, previous)  # one iteration late, as the training loop reads
+                previous = result
         finally:
             torch.cuda.set_sync_debug_mode("default")
     sites = Counter(_where(w) for w in caught if "synchroniz" in str(w.message))
@@ -251,19 +263,28 @@ def bench_train(*, device: str = "cpu", batch: int = 2, amp: str = "none", chann
 
         pos = Position()
         say(f"{warmup} warm-up steps")
+        previous = None
         for _ in range(warmup):
-            pos, _, _ = _one_step(run, pos, batches, stop)
+            pos, _, result = _one_step(run, pos, batches, stop)
+            _read(run, previous)
+            previous = result
+        _read(run, previous)
         sync()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         say(f"{steps} timed steps")
         waited0, images, marks, losses = batches.waited, 0, [], []
         t_start = time.perf_counter()
+        previous = None
         for _ in range(steps):
             marks.append(time.perf_counter())
             pos, n, result = _one_step(run, pos, batches, stop)
             images += n
-            losses.append(result.losses)  # read after the window: no sync inside it
+            if previous is not None:
+                # As `atss train` reads: iteration i once i + 1 is queued (an event wait, no sync).
+                losses.append(_read(run, previous))
+            previous = result
+        losses.append(_read(run, previous))
         sync()
         t_end = time.perf_counter()
         marks.append(t_end)
