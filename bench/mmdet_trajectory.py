@@ -95,7 +95,7 @@ def main(argv=None) -> None:
             sched, default_args=dict(optimizer=optim_wrapper, epoch_length=setup["epoch_length"])))
 
     batches = torch.load(inputs / "batches.pt", map_location="cpu", weights_only=True)
-    lrs, losses = [], []
+    lrs, losses, early = [], [], None
     for it, batch in enumerate(batches):
         images = batch["images"]
         h, w = images.shape[-2:]
@@ -122,13 +122,19 @@ def main(argv=None) -> None:
                 if s.by_epoch:
                     s.step()
         print(f"mmdet iteration {it + 1}: lr {lrs[-1]:.9g} loss {losses[-1]['loss']:.9g}", flush=True)
+        if it + 1 == setup.get("early_iters", 2):  # the first updates, before float noise has grown
+            opt = optim_wrapper.optimizer
+            early = {"iters": it + 1,
+                     "weights": {n: p.detach().clone() for n, p in model.named_parameters()},
+                     "momentum": {n: opt.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters()
+                                  if p in opt.state and "momentum_buffer" in opt.state[p]}}
 
     optimizer = optim_wrapper.optimizer
     momentum = {n: optimizer.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters()
                 if p in optimizer.state and "momentum_buffer" in optimizer.state[p]}
     groups = [{k: v for k, v in g.items() if k != "params"} | {"num_params": len(g["params"])}
               for g in optimizer.param_groups]
-    torch.save({"lrs": lrs, "losses": losses,
+    torch.save({"lrs": lrs, "losses": losses, "early": early,
                 "weights": {n: p.detach().clone() for n, p in model.named_parameters()},
                 "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
                 "momentum": momentum, "param_groups": groups,

@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import trajectory  # noqa: E402
 
-MODEL = {"depth": 18, "fpn_channels": 64, "head_channels": 64, "stacked_convs": 4, "frozen_stages": -1,
+MODEL = {"depth": 18, "fpn_channels": 64, "head_channels": 64, "stacked_convs": 2, "frozen_stages": -1,
          "norm_eval": False}
 SIZE = 192
 

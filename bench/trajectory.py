@@ -11,7 +11,10 @@ optimizer, lr schedule and step); MMDetection's is its `atss_r50_fpn_1x_coco` co
 `build_optim_wrapper` (DefaultOptimWrapperConstructor) and its two parameter schedulers. The
 schedule keeps its shape but shrinks: epochs of 8 iterations (16 generated images), milestones
 [3, 4] (lr x 0.1 from iteration 24, x 0.01 from 32), warmup over the first 10 iterations, so 40
-iterations cross the end of warmup and both steps.
+iterations cross the end of warmup and both steps. The lr is the recipe's 0.01 for 16 images
+scaled to 2 by the linear rule, 0.00125 (what `--scale-lr` gives): at 0.01 the randomly
+initialised R50 diverges (its loss climbs from 3.4 to 55 within 28 iterations), which amplifies
+the float32 summation-order noise chaotically and says little about the rules compared.
 
 The model is ResNet-50 at a small input (the synthetic images at 64 px, resized to fit 123 x 91):
 MMDetection's config model unchanged, so the comparison runs its Bottleneck backbone with the
@@ -43,10 +46,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))   # this checkout's atss_cli, not another installed one
 FIXTURE = ROOT / "tests" / "data" / "mmdet_trajectory" / "expected.pt"
 SETUP = {"train_images": 16, "image_size": 64, "data_seed": 0, "seed": 0, "scale": (123, 91),
-         "batch": 2, "warmup_iters": 10, "milestones": (3, 4), "lr": 0.01, "momentum": 0.9,
+         "batch": 2, "warmup_iters": 10, "milestones": (3, 4), "lr": 0.00125, "momentum": 0.9,
          "weight_decay": 1e-4, "warmup_ratio": 0.001}
 LOSS_KEYS = ("loss_cls", "loss_bbox", "loss_centerness")
 SMALL = 1024   # tensors up to this many elements are recorded whole, larger ones as summaries
+# The first updates are compared on their own: after 2 iterations (the first sets each momentum
+# buffer to its gradient, the second applies momentum) the two sides' float noise is still
+# ~1e-7, so any rule of the optimizer (which parameters decay, each group's lr, momentum,
+# dampening) shows in them at once, where 40 iterations of this small-batch run amplify
+# summation-order noise chaotically (bench/README.md).
+EARLY_ITERS = 2
 
 
 def make_inputs(work: Path, depth: int = 50) -> dict:
@@ -95,6 +104,20 @@ def our_batches(inputs: dict, iters: int) -> tuple[list[dict], int]:
     return out[:iters], len(sampler)
 
 
+def early_updates(weights: dict, momentum: dict, init: dict) -> dict:
+    """The first EARLY_ITERS iterations' updates of the trained parameters (weights minus the
+    initial ones) and their momentum buffers, by name."""
+    return {"update": {n: weights[n].double() - init[n].double() for n in momentum},
+            "momentum": {n: b.double() for n, b in momentum.items()}}
+
+
+def our_early(inputs: dict, work: Path) -> dict:
+    """Our updates after EARLY_ITERS iterations (a run stopped there)."""
+    ours = our_trajectory(inputs, work, EARLY_ITERS)
+    init = torch.load(inputs["init"], weights_only=True)["state_dict"]
+    return early_updates(ours["weights"], ours["momentum"], init)
+
+
 def our_trajectory(inputs: dict, work: Path, iters: int) -> dict:
     """Train with atss_cli itself; lrs, losses, final weights and momentum buffers by name."""
     from atss_cli.training.train import SilentReporter, train
@@ -126,7 +149,8 @@ def run_mmdet(mmdet_python: str, inputs: dict, batches: list[dict], epoch_length
     torch.save({"state_dict": torch.load(inputs["init"], weights_only=True)["state_dict"]}, d / "init.pth")
     torch.save(batches, d / "batches.pt")
     setup = {"num_classes": inputs["num_classes"], "epoch_length": epoch_length,
-             "warmup_iters": SETUP["warmup_iters"], "milestones": list(SETUP["milestones"]), **(extra or {})}
+             "warmup_iters": SETUP["warmup_iters"], "milestones": list(SETUP["milestones"]), "lr": SETUP["lr"],
+             "early_iters": EARLY_ITERS, **(extra or {})}
     (d / "setup.json").write_text(json.dumps(setup))
     out = work / "mmdet_trajectory.pt"
     subprocess.run([mmdet_python, str(ROOT / "bench" / "mmdet_trajectory.py"), "--inputs", str(d), "--out", str(out),
@@ -187,7 +211,14 @@ def compare(ours: dict, theirs: dict, init: dict | None = None) -> dict:
     m, m_at, _ = worst(ours["momentum"], theirs["momentum"])
     frozen = [n for n in theirs["weights"] if n not in theirs["momentum"]]
     frozen_diff = max((float((ours["weights"][n] - theirs["weights"][n]).abs().max()) for n in frozen), default=0.0)
-    return {"rows": rows, "weights_rel": w, "weights_at": w_at, "weights_rel_to_update": w_upd,
+    early = {}
+    if "early" in ours and theirs.get("early"):
+        init_t = init if init is not None else {}
+        mine = ours["early"]
+        them = early_updates(theirs["early"]["weights"], theirs["early"]["momentum"], init_t)
+        early = {"early_update_rel": worst(mine["update"], them["update"])[:2],
+                 "early_momentum_rel": worst(mine["momentum"], them["momentum"])[:2]}
+    return {**early, "rows": rows, "weights_rel": w, "weights_at": w_at, "weights_rel_to_update": w_upd,
             "momentum_rel": m, "momentum_at": m_at, "frozen_max_abs": frozen_diff,
             "momentum_names_equal": sorted(ours["momentum"]) == sorted(theirs["momentum"]),
             "lr_max_diff": max(r["lr_diff"] for r in rows), "worst_tensors": per_tensor[:8]}
@@ -202,6 +233,10 @@ def report_md(result: dict, meta: dict) -> str:
              f"- optimizer: {meta['constructor']}; parameter groups {meta['param_groups']}",
              f"- schedulers: {', '.join(meta['schedulers'])}",
              f"- largest lr difference: {result['lr_max_diff']:.3g}",
+             *([f"- after the first {EARLY_ITERS} iterations: updates (weights minus initial) within "
+                f"{result['early_update_rel'][0]:.3g} of each tensor's largest update (at "
+                f"`{result['early_update_rel'][1]}`), momentum buffers within {result['early_momentum_rel'][0]:.3g} "
+                f"(at `{result['early_momentum_rel'][1]}`)"] if "early_update_rel" in result else []),
              f"- final weights: largest relative difference {result['weights_rel']:.3g} (max |diff| / max |w|, "
              f"at `{result['weights_at']}`); as a share of MMDetection's own update from the initial weights: "
              f"{result['weights_rel_to_update']:.3g}; frozen parameters max |diff| {result['frozen_max_abs']:.3g}",
@@ -226,7 +261,9 @@ def main(argv=None) -> None:
     ap.add_argument("--depth", type=int, default=50)
     ap.add_argument("--record", action="store_true", help="write MMDetection's trajectory to tests/data")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--lr", type=float, default=SETUP["lr"], help="both sides' base lr (default %(default)s)")
     args = ap.parse_args(argv)
+    SETUP["lr"] = args.lr
     torch.set_num_threads(2)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,6 +272,7 @@ def main(argv=None) -> None:
         batches, epoch_length = our_batches(inputs, args.iters)
         theirs = run_mmdet(args.mmdet_python, inputs, batches, epoch_length, work)
         ours = our_trajectory(inputs, work / "atss", args.iters)
+        ours["early"] = our_early(inputs, work / "atss_early")
         init = torch.load(inputs["init"], weights_only=True)["state_dict"]
         result = compare(ours, theirs, init)
         if args.record:
@@ -244,6 +282,8 @@ def main(argv=None) -> None:
                         "image_sums": [float(b["images"].double().sum()) for b in batches],
                         "init_sums": summarise({n: init[n] for n in theirs["weights"]}, small=0),
                         "lrs": theirs["lrs"], "losses": theirs["losses"],
+                        "early": {k: summarise(v) for k, v in early_updates(
+                            theirs["early"]["weights"], theirs["early"]["momentum"], init).items()},
                         "weights": summarise(theirs["weights"]), "momentum": summarise(theirs["momentum"]),
                         "versions": theirs["versions"]}, FIXTURE)
     from atss_cli.benchmarks import cpu_name
@@ -256,9 +296,9 @@ def main(argv=None) -> None:
     print(md)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"trajectory_r{args.depth}_{args.iters}it_{meta['date']}"
-    stem.with_suffix(".md").write_text(md)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, **result}, indent=1, default=str) + "\n")
+    stem = f"trajectory_r{args.depth}_{args.iters}it_lr{args.lr:g}_{meta['date']}"
+    (out / f"{stem}.md").write_text(md)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, **result}, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@ MultiStepLR at epochs [3, 4], epochs of 8 iterations) for 40 iterations on the b
 pipeline produced from a generated dataset, from our seed-0 initial weights, and stored its lrs,
 losses and per-tensor summaries of its final weights and SGD momentum buffers. Here our
 `train()` runs the same 40 iterations (ResNet-50 at a 123 x 91 input, 1 process, 2 images a
-batch) and must give: every lr within 1e-12; the first iteration's losses within 1e-6
-(relative); every iteration's within LOSS_BOUND; the final weights and momentum buffers within
-WEIGHT_BOUND / MOMENTUM_BOUND (float summation order: the two sides sum the loss over levels in
-another order and torch's convolutions over other blockings, so the last bits differ and grow
-through 40 SGD steps; a different rule would show at once as lr or loss differences far above).
+batch, lr 0.00125) and must give: after 2 iterations the momentum buffers and updates within
+EARLY_MOMENTUM_BOUND / EARLY_UPDATE_BOUND; every lr within 1e-12; the first iteration's losses
+within 1e-6 (relative); the first EARLY_ITERS within EARLY_BOUND, every iteration's within
+LOSS_BOUND; the final weights and momentum buffers within WEIGHT_BOUND / MOMENTUM_BOUND. The
+tight bounds hold the rules; the loose ones are the noise floor of float32 summation order,
+which 40 steps of small-batch SGD amplify (the figures below).
 """
 
 from __future__ import annotations
@@ -25,14 +26,29 @@ from cli_run import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 import trajectory  # noqa: E402
 
-# Measured (bench/results/trajectory_r50_40it_2026-12-02.md): first iteration 2.3e-7 per term; the
-# loss difference grows with the steps to 3.1e-4 (iteration 37); final weights 0.041 and momentum
-# 0.147 of the tensor's largest magnitude, both at BatchNorm / GroupNorm biases whose values are
-# 1e-6-sized (their updates); float32 noise amplified by 40 SGD steps at lr 0.01 on a loss that
-# rises to 55. The bounds leave room for another CPU's convolution kernels.
-LOSS_BOUND = 1e-3        # relative, any iteration of the 40
-WEIGHT_BOUND = 0.1       # max |diff| / max |w| per tensor (or per summary entry)
-MOMENTUM_BOUND = 0.5
+# Measured against MMDetection 3.3.0 with its compiled mmcv 2.1.0 (bench/results/
+# trajectory_r50_40it_lr0.00125_2026-12-02.md, 2-core Xeon, 2 threads):
+# - after 2 iterations, the momentum buffers (gradient + weight decay, then momentum: every rule
+#   of the optimizer but the lr) within 1.2e-6 of each tensor's largest, the updates (weights
+#   minus initial, where each group's lr shows) within 1.2e-4 by their summaries here (2.0e-3 at
+#   the worst single element: float32 weights hold a 1e-7-sized update to about that). With one
+#   rule changed they are 2.3 / 1.7 (no weight decay), 0.14 / 0.85 (momentum 0.8), 0.1 / 100
+#   (lr x 1.1);
+# - losses: iterations 1-15 within 2.0e-7, then growing to 2.3e-3 at iterations 32 and 40; final
+#   weights 0.059 and momentum 0.28 of the tensor's largest magnitude (BatchNorm parameters whose
+#   updates are 1e-6-sized).
+# That growth is float32 noise amplified by small-batch SGD, not a rule: our own run with 1
+# thread against 2 (the same code, another summation order in the convolutions) drifts further,
+# 5.9e-6 at iteration 5, 4.1e-2 at 17, 9.4e-2 at most, final weights 0.88 and momentum 2.4, and
+# another CPU's kernels may do the same. So the rules are held tight where noise is still small
+# (the first updates and iterations), the rest at the noise floor of another summation order.
+EARLY_MOMENTUM_BOUND = 1e-4  # after trajectory.EARLY_ITERS iterations, relative per tensor
+EARLY_UPDATE_BOUND = 2e-3
+EARLY_ITERS = 4              # losses of the first iterations ...
+EARLY_BOUND = 1e-4           # ... within this (relative)
+LOSS_BOUND = 0.15            # relative, any iteration of the 40
+WEIGHT_BOUND = 2.0           # max |diff| / max |w| per tensor (or per summary entry)
+MOMENTUM_BOUND = 5.0
 
 
 def _close(ours: dict, expected: dict, small: int = trajectory.SMALL) -> tuple[float, str]:
@@ -70,6 +86,13 @@ def test_training_trajectory_equals_mmdetections(tmp_path):
     worst, where = _close({n: init[n] for n in exp["init_sums"]}, exp["init_sums"], small=0)
     assert worst < 1e-9, f"the initial weights changed ({where}): rerun bench/trajectory.py --record"
 
+    # The first updates, where every optimizer rule shows before float noise has grown: the
+    # weights' change and the momentum buffers after EARLY_ITERS iterations.
+    early = trajectory.our_early(inputs, tmp_path / "early")
+    for kind, bound in (("momentum", EARLY_MOMENTUM_BOUND), ("update", EARLY_UPDATE_BOUND)):
+        worst, where = _close(early[kind], exp["early"][kind])
+        assert worst <= bound, f"{kind} after {trajectory.EARLY_ITERS} iterations: {worst:.3g} at {where}"
+
     ours = trajectory.our_trajectory(inputs, tmp_path / "atss", setup["iters"])
     assert len(ours["lrs"]) == len(exp["lrs"]) == setup["iters"]
     lr_diff = max(abs(a - b) for a, b in zip(ours["lrs"], exp["lrs"]))
@@ -78,6 +101,7 @@ def test_training_trajectory_equals_mmdetections(tmp_path):
     first = max(abs(ours["losses"][0][k] - exp["losses"][0][k]) / abs(exp["losses"][0][k])
                 for k in trajectory.LOSS_KEYS)
     assert first <= 1e-6, (ours["losses"][0], exp["losses"][0])
+    assert max(rel[:EARLY_ITERS]) <= EARLY_BOUND, [f"{i + 1}: {r:.2e}" for i, r in enumerate(rel[:EARLY_ITERS])]
     assert max(rel) <= LOSS_BOUND, [f"{i + 1}: {r:.2e}" for i, r in enumerate(rel)]
 
     assert sorted(ours["momentum"]) == sorted(exp["momentum"])   # the same parameters are trained
