@@ -285,7 +285,7 @@ def main(argv=None) -> None:
                         "early": {k: summarise(v) for k, v in early_updates(
                             theirs["early"]["weights"], theirs["early"]["momentum"], init).items()},
                         "weights": summarise(theirs["weights"]), "momentum": summarise(theirs["momentum"]),
-                        "versions": theirs["versions"]}, FIXTURE)
+                        "param_groups": theirs["param_groups"], "versions": theirs["versions"]}, FIXTURE)
     from atss_cli.benchmarks import cpu_name
 
     meta = {"date": datetime.date.today().isoformat(), "depth": args.depth, "iters": args.iters,

@@ -29,6 +29,17 @@ def system_tests_enabled() -> bool:
     return os.environ.get("CI") == "true" or os.environ.get("ATSS_SYSTEM_TESTS") == "1"
 
 
+def pytest_configure(config):
+    # Under pytest-xdist the workers share the cores: torch's intra-op pool in each would
+    # oversubscribe them, and OpenMP threads spinning for a busy core made one in-process
+    # training test 7x slower (215 s instead of 30). One thread a worker; a test that needs
+    # another count sets it itself (test_trajectory_mmdet). The CLI children run on one already.
+    if xdist_worker() is not None:
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     if system_tests_enabled():
         return
