@@ -6,12 +6,15 @@ the default. Stages, each timed over the same COCO-size JPEGs in this process (o
 work, one thread):
     decode       transforms.read_image (cv2.imdecode, EXIF applied)
     resize       cv2.resize INTER_LINEAR to the recipe's keep-ratio size (the call the pipeline makes)
-    uint8        decode + resize + flip, left uint8 (what a worker would do if normalising and
-                 padding ran on the device: issue 18 item 3)
+    uint8        decode + resize + flip, left uint8 (transforms.train_pixels' work: atss train
+                 normalises and pads on the device)
     pipeline     transforms.train_input on the decoded image: resize, flip (every other image,
-                 as flip_prob 0.5), normalise, pad to 32
-    sample       TrainDataset[i]: what a worker computes per image (decode + pipeline + targets)
-    loader       build_train_loader at `workers` processes, collate included: images/s of batches
+                 as flip_prob 0.5), normalise, pad to 32 (the float32 path evaluation and the
+                 default TrainDataset keep)
+    sample       TrainDataset[i] with uint8_images, as atss train loads: what a worker computes
+                 per image (decode + resize + flip + targets)
+    loader       build_train_loader at `workers` processes with uint8_images, as atss train,
+                 collate included: images/s of batches
 Workers needed for a GPU at `target` images/s = ceil(target / sample images/s), an upper bound
 on scaling (it assumes a core per worker and no collate or transfer cost in the main process).
 
@@ -73,12 +76,15 @@ def opencv_stages(cache, paths: list[str], scale: tuple[int, int], repeats: int)
                                       range(len(paths)), repeats),
                  f"cv2.resize INTER_LINEAR to {sizes[0][0]}x{sizes[0][1]}"),
             _row("uint8", _per_image(uint8_path, range(len(paths)), repeats),
-                 "decode, resize, flip, left uint8: a worker's share if normalising and padding move to the device"),
+                 "decode, resize, flip, left uint8 (train_pixels' work; atss train normalises and pads on the device)"),
             _row("pipeline", _per_image(lambda i: train_input(decoded[i], boxes[i], i % 2 == 1, scale),
                                         range(len(paths)), repeats), "resize, flip, normalise, pad (train_input)")]
-    dataset = TrainDataset(cache, scale=scale, flip_prob=0.5)
+    # uint8_images as `atss train` loads (training/setup.py): the worker leaves normalising and
+    # padding to the training step on the device.
+    dataset = TrainDataset(cache, scale=scale, flip_prob=0.5, uint8_images=True)
     rows.append(_row("sample", _per_image(lambda i: dataset[(i, i)], range(len(dataset)), repeats),
-                     "TrainDataset[i]: decode + pipeline + targets, one worker's work"))
+                     "TrainDataset[i] as atss train loads it (uint8): decode + resize + flip + targets, "
+                     "one worker's work"))
     return rows
 
 
@@ -89,7 +95,7 @@ def loader_rate(cache, *, workers: int, batch: int, scale: tuple[int, int], batc
     from atss_cli.errors import AtssError, param
 
     loader, sampler = build_train_loader(cache, batch_per_rank=batch, workers=workers, scale=scale,
-                                         pin_memory=pin_memory)
+                                         pin_memory=pin_memory, uint8_images=True)  # as atss train
     if len(sampler) < warmup + batches:
         raise AtssError(f"{param('loader_batches')} {batches} at {param('batch')} {batch} and {workers} workers "
                         f"needs {batch * (warmup + batches)} training images in one epoch, the data has "
