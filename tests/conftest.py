@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,7 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
     with exclusive(f"{shared.name}-{name}"):
         if not done.exists():
             folder = shared / name
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed here left
             folder.mkdir()
             done.write_text(str(make(folder)))
     return Path(done.read_text())
