@@ -212,10 +212,9 @@ def compare(ours: dict, theirs: dict, init: dict | None = None) -> dict:
     frozen = [n for n in theirs["weights"] if n not in theirs["momentum"]]
     frozen_diff = max((float((ours["weights"][n] - theirs["weights"][n]).abs().max()) for n in frozen), default=0.0)
     early = {}
-    if "early" in ours and theirs.get("early"):
-        init_t = init if init is not None else {}
+    if "early" in ours and theirs.get("early") and init is not None:
         mine = ours["early"]
-        them = early_updates(theirs["early"]["weights"], theirs["early"]["momentum"], init_t)
+        them = early_updates(theirs["early"]["weights"], theirs["early"]["momentum"], init)
         early = {"early_update_rel": worst(mine["update"], them["update"])[:2],
                  "early_momentum_rel": worst(mine["momentum"], them["momentum"])[:2]}
     return {**early, "rows": rows, "weights_rel": w, "weights_at": w_at, "weights_rel_to_update": w_upd,

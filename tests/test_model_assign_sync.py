@@ -12,6 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from compile_check import eager_and_compiled
+
 from atss_cli import ops
 from atss_cli.errors import AtssError
 from atss_cli.model import build_atss_preset
@@ -101,12 +103,7 @@ def test_losses_compile_whole_forward_and_backward(model):
         sum(losses.values()).backward()
         return losses, [o.grad for level in outputs for o in level]
 
-    torch._dynamo.reset()
-    try:
-        want, want_grads = run(atss_losses)
-        got, got_grads = run(torch.compile(atss_losses, fullgraph=True, backend="aot_eager"))
-    finally:
-        torch._dynamo.reset()
+    (want, want_grads), (got, got_grads) = eager_and_compiled(run, atss_losses)
     assert want["loss_bbox"] > 0, "the case has no positive: it would test nothing"
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=0)

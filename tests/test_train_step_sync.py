@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from compile_check import eager_and_compiled
+
 from atss_cli.data import load_split
 from atss_cli.data.dataset import TrainDataset, collate
 from atss_cli.data.transforms import normalize_padded
@@ -155,12 +157,7 @@ def test_step_device_work_compiles_whole_and_gives_the_eager_values(mixed, tmp_p
         terms.sum().backward()
         return terms.detach(), [p.grad.clone() for p in run.model.parameters() if p.requires_grad]
 
-    torch._dynamo.reset()
-    try:
-        want, want_grads = losses_and_grads(device_work)
-        got, got_grads = losses_and_grads(torch.compile(device_work, fullgraph=True, backend="aot_eager"))
-    finally:
-        torch._dynamo.reset()
+    (want, want_grads), (got, got_grads) = eager_and_compiled(losses_and_grads, device_work)
     assert want[1] > 0, "no positive anchor: the box losses would test nothing"
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
     for a, b in zip(got_grads, want_grads):

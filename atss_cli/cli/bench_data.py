@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import enum
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from atss_cli.cli.common import JsonOut, console
+from atss_cli.cli.common import JsonOut, console, progress_printer, write_json
 
 
 class Decoder(str, enum.Enum):
@@ -60,11 +59,9 @@ def bench_data_command(
         workers=workers, batch=batch, loader_batches=loader_batches, repeats=repeats, target_ips=target_ips,
         decoders=tuple(d.value for d in decoder) if decoder else ("opencv",), gpu_batch=gpu_batch,
         images_dir=images_dir, coco=coco, train_ann=train_ann, train_images=train_images,
-        progress=lambda msg: out.print(f"[dim]{msg}[/dim]") if out.is_terminal else None)
+        progress=progress_printer(out))
     print_report(out, report)
-    if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=2))
-        out.print(f"wrote {json_out}")
+    write_json(out, json_out, report)
 
 
 def print_report(out, r: dict) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import enum
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from atss_cli.cli.common import Amp, Device, JsonOut, console
+from atss_cli.cli.common import Amp, Device, JsonOut, console, progress_printer, write_json
 
 
 class Backend(str, enum.Enum):
@@ -69,12 +68,10 @@ def bench_model_command(
         amp=amp.value, channels_last=channels_last, repeats=repeats, warmup=warmup, threads=threads,
         checkpoint=str(checkpoint) if checkpoint else None, dense_scores=dense_scores,
         backends=backends, onnx=str(onnx) if onnx else None,
-        progress=lambda msg: out.print(f"[dim]timing {msg}[/dim]") if out.is_terminal else None)
+        progress=progress_printer(out, "timing "))
     env = bench.environment(devices)
     print_rows(out, rows, env)
-    if json_out is not None:
-        json_out.write_text(json.dumps({"environment": env, "rows": [r.as_dict() for r in rows]}, indent=2))
-        out.print(f"wrote {json_out}")
+    write_json(out, json_out, {"environment": env, "rows": [r.as_dict() for r in rows]})
 
 
 def print_rows(out, rows, env: dict) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from atss_cli.cli.common import Amp, Device, JsonOut, console
+from atss_cli.cli.common import Amp, Device, JsonOut, console, progress_printer, write_json
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -66,11 +65,9 @@ def bench_train_command(
         depth=depth, preset=preset, workers=workers, scale=(w, h), image_size=bench_model.parse_size(image_size),
         quality=quality, images_dir=images_dir, coco=coco, train_ann=train_ann, train_images=train_images,
         peak_tflops=peak_tflops, profile=profile, threads=threads, seed=seed,
-        progress=lambda msg: out.print(f"[dim]{msg}[/dim]") if out.is_terminal else None)
+        progress=progress_printer(out))
     print_report(out, report)
-    if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=2))
-        out.print(f"wrote {json_out}")
+    write_json(out, json_out, report)
 
 
 def print_report(out, r: dict) -> None:

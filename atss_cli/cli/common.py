@@ -6,6 +6,7 @@ Nothing here imports torch: `atss --help` must stay fast.
 from __future__ import annotations
 
 import enum
+import json
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -50,3 +51,17 @@ StackedConvs = Annotated[Optional[int], typer.Option("--stacked-convs", min=1)]
 JsonOut = Annotated[
     Path | None, typer.Option("--json", help="Also write the result as JSON to this path.", dir_okay=False)
 ]
+
+
+def progress_printer(out, prefix: str = ""):
+    """The benchmarks' progress callback: dim lines on a terminal, nothing in logs and pipes."""
+    if not out.is_terminal:
+        return None
+    return lambda msg: out.print(f"[dim]{prefix}{msg}[/dim]")
+
+
+def write_json(out, path: Path | None, data) -> None:
+    """`--json PATH`: the report as JSON, and one line saying where."""
+    if path is not None:
+        path.write_text(json.dumps(data, indent=2))
+        out.print(f"wrote {path}")
