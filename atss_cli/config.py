@@ -63,6 +63,10 @@ class TrainConfig:
     device: str = "auto"                 # auto, cpu or cuda
     amp: str = "none"                    # none, bf16 or fp16
     channels_last: bool = False          # NHWC convolutions: 15-25% faster training on CPU
+    cuda_graphs: bool = False            # the whole step in CUDA graphs (training/graphs.py): one CUDA process,
+                                         # accumulate 1, amp none or bf16
+    graph_cache: int = 16                # CUDA graphs kept at most (one per padded batch shape and GT bucket)
+    graph_box_buckets: tuple[int, ...] = (8, 16, 32, 64, 128)  # GT rows a graph pads to; more GTs run eager
     seed: int = 0                        # model init, data order and augmentation
     eval_interval: int = 1               # evaluate every this many epochs (0 = never)
     checkpoint_interval: int = 1         # keep an epoch_N.pth every this many epochs
@@ -164,6 +168,11 @@ def validate(cfg: TrainConfig) -> None:
         raise AtssError(f"{param('from_scratch')} and {other} contradict each other: give one")
     if list(cfg.milestones) != sorted(cfg.milestones):
         raise AtssError(f"milestones must be increasing, got {cfg.milestones}")
+    if cfg.graph_cache < 1:
+        raise AtssError(f"graph_cache must be at least 1, got {cfg.graph_cache}")
+    buckets = list(cfg.graph_box_buckets)
+    if not buckets or min(buckets) < 1 or buckets != sorted(set(buckets)):
+        raise AtssError(f"graph_box_buckets must be increasing GT counts >= 1, got {cfg.graph_box_buckets}")
 
 
 def check_data_flags(cfg: TrainConfig) -> None:

@@ -15,13 +15,15 @@
 #             then tests/test_kernel_harness.py) and compute-sanitizer memcheck, racecheck,
 #             synccheck, initcheck on bench/sanitize_scene.py ("sanitizers" skips all four)
 #   then alone (timings), R50-FPN, the recipe's resize to 1333x800 of 640x480 JPEGs:
-#     train-bf16-b2 (75 s)  atss bench train, bf16 + channels_last, batch 2, the default workers
-#     train-bf16-b8 (80 s)  the same at batch 8 with 8 workers, and --profile
+#     train-bf16-b2-graphs (70 s)  atss bench train --cuda-graphs, bf16 + channels_last, batch 2,
+#                           the default workers
+#     train-bf16-b8-graphs (80 s)  the same at batch 8 with 8 workers
+#     train-bf16-b2 (60 s), train-bf16-b8 (80 s, and --profile)  the same, eager
 #     data          (60 s)  atss bench data: OpenCV stages, the DataLoader at 2, 4, 8 workers,
 #                           torchvision decode_jpeg on the GPU and its distance from OpenCV
 #     model-bf16-b2 (40 s), model-bf16-b8 (40 s)  atss bench model --mode train (a batch already
 #                           on the device: the step's ceiling; predict too at batch 2), 1333x800
-#   and while time is left: train-fp32-b2 (60 s), model-fp32-b2 (35 s), assigner (60 s, atss
+#   and while time is left: train-fp32-b2-graphs (55 s), train-fp32-b2 (55 s), model-fp32-b2 (35 s), assigner (60 s, atss
 #   bench assigner --device cuda --no-validate, events + graph, with and without geometry)
 # --skip sanitizers,assigner (or any step names) leaves those out: a rerun's usual choice.
 #
@@ -165,7 +167,7 @@ assert not torch.cuda.is_available() or e.has_cuda(), \"GPU present but no CUDA 
 
 # ---- tests and sanitizers, side by side ------------------------------------------------------
 # Correctness runs need no quiet GPU: they share it. Timings come after, alone.
-PHASE_END=$(($(date +%s) + $(left) - ${GPU_CHECK_TIMING_RESERVE:-250}))
+PHASE_END=$(($(date +%s) + $(left) - ${GPU_CHECK_TIMING_RESERVE:-290}))
 phase_left() { local s=$((PHASE_END - $(date +%s))); ((s < 0)) && s=0; echo $s; }
 
 tests_lane() {
@@ -234,7 +236,11 @@ done
 # them into gpu-check.json and .md.
 if ((HAVE_GPU)); then
   TRAIN="'$PYTHON' -m atss_cli bench train --device cuda --depth 50"
-  serial_step train-bf16-b2 75 "$TRAIN --batch 2 --amp bf16 --channels-last --steps 40 --warmup 8 \
+  serial_step train-bf16-b2-graphs 70 "$TRAIN --batch 2 --amp bf16 --channels-last --cuda-graphs --steps 40 \
+--warmup 8 --json '$WORK/train-bf16-b2-graphs.json'"
+  serial_step train-bf16-b8-graphs 80 "$TRAIN --batch 8 --amp bf16 --channels-last --cuda-graphs --workers 8 \
+--steps 25 --warmup 5 --json '$WORK/train-bf16-b8-graphs.json'"
+  serial_step train-bf16-b2 60 "$TRAIN --batch 2 --amp bf16 --channels-last --steps 40 --warmup 8 \
 --json '$WORK/train-bf16-b2.json'"
   serial_step train-bf16-b8 80 "$TRAIN --batch 8 --amp bf16 --channels-last --workers 8 --steps 25 --warmup 5 \
 --profile --json '$WORK/train-bf16-b8.json'"
@@ -244,7 +250,9 @@ if ((HAVE_GPU)); then
 --batch 2 --amp bf16 --channels-last --mode train --mode predict --repeats 10 --warmup 3 --json '$WORK/model-bf16-b2.json'"
   serial_step model-bf16-b8 40 "'$PYTHON' -m atss_cli bench model --device cuda --depth 50 --size 1333x800 \
 --batch 8 --amp bf16 --channels-last --mode train --repeats 6 --warmup 2 --json '$WORK/model-bf16-b8.json'"
-  serial_step train-fp32-b2 60 "$TRAIN --batch 2 --steps 30 --warmup 5 --json '$WORK/train-fp32-b2.json'"
+  serial_step train-fp32-b2-graphs 55 "$TRAIN --batch 2 --cuda-graphs --steps 30 --warmup 5 \
+--json '$WORK/train-fp32-b2-graphs.json'"
+  serial_step train-fp32-b2 55 "$TRAIN --batch 2 --steps 30 --warmup 5 --json '$WORK/train-fp32-b2.json'"
   serial_step model-fp32-b2 35 "'$PYTHON' -m atss_cli bench model --device cuda --depth 50 --size 1333x800 \
 --batch 2 --mode train --repeats 8 --warmup 3 --json '$WORK/model-fp32-b2.json'"
   serial_step assigner 60 "'$PYTHON' -m atss_cli bench assigner --device cuda --no-validate --geometry both \
@@ -253,6 +261,9 @@ if ((HAVE_GPU)); then
 else
   # CPU stand-ins: the same commands on a tiny model and a small input, to rehearse the plumbing.
   TRAIN="'$PYTHON' -m atss_cli bench train --device cpu --preset tiny --scale 160x128 --steps 3 --warmup 1"
+  # --cuda-graphs needs CUDA: its steps rehearse that the flag is refused in one line (exit 2 expected).
+  serial_step train-bf16-b2-graphs 60 "$TRAIN --batch 2 --amp bf16 --channels-last --cuda-graphs \
+--json '$WORK/train-bf16-b2-graphs.json'; test \$? -eq 2"
   serial_step train-bf16-b2 120 "$TRAIN --batch 2 --amp bf16 --channels-last --json '$WORK/train-bf16-b2.json'"
   serial_step train-bf16-b8 120 "$TRAIN --batch 8 --amp bf16 --channels-last --workers 2 --profile \
 --json '$WORK/train-bf16-b8.json'"

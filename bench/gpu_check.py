@@ -30,8 +30,9 @@ TARGET_US = 50.0
 TARGET_SPEEDUP = 100.0
 TARGET_CASE = {"batch": 16, "num_gt": 100}
 STEP_ORDER = ("env", "wheels", "build", "extension", "sanitize-cpu", "tests-cuda", "tests-harness", "memcheck",
-              "racecheck", "synccheck", "initcheck", "train-bf16-b2", "train-bf16-b8", "data", "model-bf16-b2",
-              "model-bf16-b8", "train-fp32-b2", "model-fp32-b2", "assigner")
+              "racecheck", "synccheck", "initcheck", "train-bf16-b2-graphs", "train-bf16-b8-graphs", "train-bf16-b2",
+              "train-bf16-b8", "data", "model-bf16-b2", "model-bf16-b8", "train-fp32-b2-graphs", "train-fp32-b2",
+              "model-fp32-b2", "assigner")
 # Issue 18's targets for `atss bench train` (R50-FPN, bf16 + channels_last, one process, H200):
 # images/s at a batch, and the loader's wait as a share of the step.
 TRAIN_TARGETS_IPS = {2: 80.0, 8: 200.0}
@@ -256,7 +257,8 @@ def train_summary(results: list[tuple[str, dict]], mode: str) -> list[dict]:
                "step_iqr_pct": (r.get("step_s") or {}).get("iqr_pct"), "loader_wait_share": r.get("loader_wait_share"),
                "host_syncs_per_step": r.get("host_syncs_per_step"), "achieved_tflops": r.get("achieved_tflops"),
                "peak_fraction": r.get("peak_fraction"), "peak_memory_gb": r.get("peak_memory_gb"),
-               "top_ops": [p["name"] for p in (r.get("profile") or [])[:5]]}
+               "top_ops": [p["name"] for p in (r.get("profile") or [])[:5]],
+               "cuda_graphs": r.get("cuda_graphs")}
         target = TRAIN_TARGETS_IPS.get(row["batch"])
         if (mode == "gpu" and target and row["depth"] == 50 and row["amp"] == "bf16" and row["channels_last"]
                 and str(s.get("device", "")).startswith("cuda")):
@@ -390,6 +392,10 @@ def markdown(s: dict, out: Path) -> str:
                   "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in s["train"]:
             model = f"R{r['depth']} {'fp32' if r['amp'] == 'none' else r['amp']}" + (" NHWC" if r["channels_last"] else "")
+            g = r.get("cuda_graphs")
+            if g:
+                model += (f", graphs ({g['timed_steps_replayed']}/{g['timed_steps']} replayed, "
+                          f"{g['captures']} captured in {g['capture_s']:.1f} s)")
             frac = f" ({100 * r['peak_fraction']:.1f}%)" if r.get("peak_fraction") is not None else ""
             target = "not a target case"
             if r.get("target_ips"):

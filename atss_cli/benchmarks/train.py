@@ -22,6 +22,12 @@ How it measures (the report's fields):
 - peak memory: CUDA `max_memory_allocated` over the window; on the CPU this process's max RSS
   (loader workers are processes of their own and not in it).
 - profile (optional): the top operators by self time over a few more steps (torch.profiler).
+- CUDA graphs (`cuda_graphs`, `atss train --cuda-graphs`): how many timed steps were replays, and
+  the captures (count, seconds) the warm-up made; the FLOPs are counted on an eager step (a
+  replay dispatches no operator for FlopCounterMode to see).
+
+The learning rate is the recipe's after its warm-up (`warmup_iters` 0): its value does not
+change the step's cost, and a CUDA graph belongs to one lr (training/graphs.py).
 
 Beside `atss bench model --mode train`: that one times the model's forward, loss, backward and
 SGD on one fixed batch already on the device, so it is the ceiling this loop can reach; the
@@ -98,12 +104,13 @@ def _read(run, result):
 
 
 def _config(*, data: dict, device: str, batch: int, amp: str, channels_last: bool, workers: int | None,
-            scale: tuple[int, int], model: dict, work: Path, seed: int):
+            scale: tuple[int, int], model: dict, work: Path, seed: int, cuda_graphs: bool = False):
     from atss_cli.config import TrainConfig, validate
 
     cfg = TrainConfig(**data, device=device, batch_per_gpu=batch, accumulate=1, amp=amp,
                       channels_last=channels_last, scale=tuple(scale), work_dir=str(work), seed=seed,
-                      eval_interval=0, save_every_iters=0, from_scratch=True, **model)
+                      eval_interval=0, save_every_iters=0, from_scratch=True, warmup_iters=0,
+                      cuda_graphs=cuda_graphs, **model)
     if workers is not None:
         cfg = cfg.replace(workers=workers)
     validate(cfg)
@@ -164,8 +171,12 @@ def _count_flops(run, pos, batches, stop):
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter:
-        pos, images, _ = _one_step(run, pos, batches, stop)
+    graphs, run.graphs = run.graphs, None   # an eager step: a replay dispatches no operator to count
+    try:
+        with counter:
+            pos, images, _ = _one_step(run, pos, batches, stop)
+    finally:
+        run.graphs = graphs
     return pos, counter.get_total_flops(), images
 
 
@@ -213,7 +224,7 @@ def bench_train(*, device: str = "cpu", batch: int = 2, amp: str = "none", chann
                 image_size: tuple[int, int] = (640, 480), quality: int = 90, images_dir=None,
                 coco=None, train_ann=None, train_images=None, peak_tflops: float | None = None,
                 profile: bool = False, count_syncs: bool = True, threads: int | None = None, seed: int = 0,
-                progress=None) -> dict:
+                cuda_graphs: bool = False, progress=None) -> dict:
     """Time `steps` training iterations after `warmup` untimed ones; returns the report (a dict,
     the fields the module docstring lists)."""
     from atss_cli.errors import AtssError, param
@@ -253,7 +264,7 @@ def bench_train(*, device: str = "cpu", batch: int = 2, amp: str = "none", chann
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     try:
         cfg = _config(data=data, device=device, batch=batch, amp=amp, channels_last=channels_last, workers=workers,
-                      scale=scale, model=model_fields(depth, preset), work=work, seed=seed)
+                      scale=scale, model=model_fields(depth, preset), work=work, seed=seed, cuda_graphs=cuda_graphs)
         say("building the run (model, loader)")
         run = prepare_run(cfg, SilentReporter(), DistInfo(), resume=False)
         run.model.train()
@@ -273,13 +284,14 @@ def bench_train(*, device: str = "cpu", batch: int = 2, amp: str = "none", chann
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         say(f"{steps} timed steps")
-        waited0, images, marks, losses = batches.waited, 0, [], []
+        waited0, images, marks, losses, replayed = batches.waited, 0, [], [], 0
         t_start = time.perf_counter()
         previous = None
         for _ in range(steps):
             marks.append(time.perf_counter())
             pos, n, result = _one_step(run, pos, batches, stop)
             images += n
+            replayed += result.graphed
             if previous is not None:
                 # As `atss train` reads: iteration i once i + 1 is queued (an event wait, no sync).
                 losses.append(_read(run, previous))
@@ -293,6 +305,8 @@ def bench_train(*, device: str = "cpu", batch: int = 2, amp: str = "none", chann
         peak_mem = (torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda"
                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)
         step_times = [b - a for a, b in zip(marks, marks[1:])]
+        graph_report = (None if run.graphs is None else
+                        {**run.graphs.summary(), "timed_steps_replayed": replayed, "timed_steps": steps})
 
         # The figures above are measured; what follows only adds diagnostics. A device call has
         # one try, so a diagnostic that fails (a profiler without CUPTI, say) is reported in the
@@ -345,7 +359,7 @@ def bench_train(*, device: str = "cpu", batch: int = 2, amp: str = "none", chann
                         "processes": 1, "accumulate": 1, "batch": batch, "amp": amp, "channels_last": channels_last,
                         "model": model_fields(depth, preset), "depth": run.model.backbone.depth,
                         "workers": cfg.workers, "scale": list(cfg.scale), "threads": torch.get_num_threads(),
-                        "steps": steps, "warmup": warmup, "data": data_report,
+                        "steps": steps, "warmup": warmup, "data": data_report, "cuda_graphs": cuda_graphs,
                         "train_images": len(run.train_set.train_indices()), "tf32": tf32},
             "step_s": _stats(step_times),
             "window_s": window,
@@ -367,6 +381,7 @@ def bench_train(*, device: str = "cpu", batch: int = 2, amp: str = "none", chann
             "peak_memory_kind": ("torch.cuda.max_memory_allocated over the timed steps" if dev.type == "cuda"
                                  else "max RSS of this process (loader workers not included)"),
             "mean_losses": mean_losses,
+            "cuda_graphs": graph_report,
             "profile": top_ops,
             "diagnostic_errors": errors,
         }

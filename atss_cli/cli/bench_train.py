@@ -46,6 +46,8 @@ def bench_train_command(
                                                             "(torch.profiler, 3 more steps).")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Model init, data order and the generated images.")] = 0,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="The step in CUDA graphs, as "
+                                                                    "`atss train --cuda-graphs` (CUDA, amp none or bf16).")] = False,
     json_out: JsonOut = None,
 ) -> None:
     """Time the training loop's iteration with its real loader: images/s, step time, loader wait,
@@ -64,7 +66,7 @@ def bench_train_command(
         device=device.value, batch=batch, amp=amp.value, channels_last=channels_last, steps=steps, warmup=warmup,
         depth=depth, preset=preset, workers=workers, scale=(w, h), image_size=bench_model.parse_size(image_size),
         quality=quality, images_dir=images_dir, coco=coco, train_ann=train_ann, train_images=train_images,
-        peak_tflops=peak_tflops, profile=profile, threads=threads, seed=seed,
+        peak_tflops=peak_tflops, profile=profile, threads=threads, seed=seed, cuda_graphs=cuda_graphs,
         progress=progress_printer(out))
     print_report(out, report)
     write_json(out, json_out, report)
@@ -82,7 +84,8 @@ def print_report(out, r: dict) -> None:
     d = s["data"]
     data = (f"{d['count']} generated {d['size']} JPEGs, quality {d['quality']}, {d['mean_bytes'] / 1e3:.0f} kB each"
             if d["source"] == "generated" else escape(f"{d['source']} {d.get('root') or d.get('ann')}"))
-    variant = f"R{s['depth']} {'fp32' if s['amp'] == 'none' else s['amp']}" + (" NHWC" if s["channels_last"] else "")
+    variant = (f"R{s['depth']} {'fp32' if s['amp'] == 'none' else s['amp']}" + (" NHWC" if s["channels_last"] else "")
+               + (" CUDA graphs" if s.get("cuda_graphs") else ""))
     out.print(f"atss bench train: {variant}, 1 process x {s['batch']} images, accumulate 1, "
               f"{s['workers']} loader workers, resize to fit {s['scale'][0]}x{s['scale'][1]}; data: {data}")
     out.print(f"  images/s        {r['images_per_s']:.2f}  ({r['images']} images in {r['window_s']:.2f} s, "
@@ -103,6 +106,11 @@ def print_report(out, r: dict) -> None:
     out.print(f"  FLOP/s          {'-' if ach is None else format(ach, '.3g')} TFLOP/s achieved ({r['flops_per_image'] / 1e9:.1f} GFLOP an image, "
               f"forward+backward, FlopCounterMode){frac}")
     out.print(f"  peak memory     {r['peak_memory_gb']:.2f} GB ({escape(r['peak_memory_kind'])})")
+    g = r.get("cuda_graphs")
+    if g:
+        eager = ", ".join(f"{k} {v}" for k, v in g["eager"].items()) or "none"
+        out.print(f"  CUDA graphs     {g['timed_steps_replayed']} of {g['timed_steps']} timed steps replayed; "
+                  f"{g['captures']} captured in {g['capture_s']:.2f} s, {g['graphs']} held; eager steps: {eager}")
     if r.get("profile"):
         from rich.table import Table
 

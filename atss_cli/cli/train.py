@@ -69,6 +69,9 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     eval_interval: Annotated[Optional[int], typer.Option("--eval-interval", min=0)] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from work-dir/latest.pth when there.")] = True,
+    cuda_graphs: Annotated[bool, typer.Option(
+        "--cuda-graphs", help="The whole step in CUDA graphs, one per padded batch shape (one CUDA process, "
+        "--accumulate 1, --amp none or bf16).")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field: key=value.")] = None,
 ) -> None:
     """Train ATSS (default: R50-FPN, 1x schedule, total batch 16)."""
@@ -101,6 +104,8 @@ def train_command(
         flags["load_from"] = str(load_from)
     if from_scratch:
         flags["from_scratch"] = True
+    if cuda_graphs:
+        flags["cuda_graphs"] = True
     processes = Processes(gpus=gpus, nproc=nproc, device=device.value, nnodes=nnodes, node_rank=node_rank,
                           master_addr=master_addr, master_port=master_port, max_restarts=max_restarts,
                           dist_timeout=dist_timeout, join_timeout=join_timeout)

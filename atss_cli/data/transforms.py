@@ -242,8 +242,25 @@ def normalize_padded(pixels: torch.Tensor, extents: torch.Tensor) -> torch.Tenso
     rows = torch.arange(height, device=device).view(1, 1, height, 1)
     cols = torch.arange(width, device=device).view(1, 1, 1, width)
     inside = (rows < extents[:, 0].view(-1, 1, 1, 1)) & (cols < extents[:, 1].view(-1, 1, 1, 1))
-    mean, std = (_upload(torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1), device) for v in (MEAN, STD))
+    mean, std = normalize_constants(device)
     return ((pixels.to(torch.float32) - mean) / std).masked_fill_(~inside, 0.0)
+
+
+_CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def normalize_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) float32 [1, 3, 1, 1] on `device`, uploaded once per device. Made once rather
+    than per call: a CUDA graph that captured the upload would replay a copy from a pinned host
+    block the caching host allocator has since handed to other data."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    made = _CONSTANTS.get(device)
+    if made is None:
+        made = tuple(_upload(torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1), device) for v in (MEAN, STD))
+        _CONSTANTS[device] = made
+    return made
 
 
 def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:

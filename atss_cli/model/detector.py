@@ -94,17 +94,27 @@ class ATSS(nn.Module):
         the anchors were made from instead of detecting it, without validation.
         """
         device = torch.device(device)
-        generator = self.anchor_generator
-        anchors = generator.anchors(sizes, device)
-        extent = generator.extents([t["img_shape"] for t in targets], device)    # int64 [B, 2]
-        valid = generator.valid_flags(sizes, None, device, extent=extent)       # bool [B, N]
+        extent = self.anchor_generator.extents([t["img_shape"] for t in targets], device)    # int64 [B, 2]
         gt_boxes, gt_labels, num_gt = pad_targets(targets, device)
+        anchors, assigned = self.assign_padded(sizes, gt_boxes, num_gt, extent)
+        return anchors, assigned, gt_boxes, gt_labels
+
+    def assign_padded(self, sizes: Sequence[tuple[int, int]], gt_boxes: torch.Tensor, num_gt: torch.Tensor,
+                      extent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`assign` of targets already padded on the device (`pad_targets`) with each image's
+        padded extent (`anchor_generator.extents`): (anchors [N, 4], assigned int64 [B, N]).
+        Device work only, on the tensors given: the CUDA-graph step captures it on its static
+        input buffers."""
+        generator = self.anchor_generator
+        device = gt_boxes.device
+        anchors = generator.anchors(sizes, device)
+        valid = generator.valid_flags(sizes, None, device, extent=extent)       # bool [B, N]
         level_sizes = [int(h) * int(w) for h, w in sizes]
         geometry = ops.GridGeometry(level_shapes=tuple((int(h), int(w)) for h, w in sizes),
                                     strides=generator.strides[:len(sizes)], extent=extent)
         assigned, _ = ops.atss_assign(anchors, valid, level_sizes, gt_boxes, num_gt, topk=self.topk,
                                       validate=False, backend=self.assign_backend, geometry=geometry)
-        return anchors, assigned, gt_boxes, gt_labels
+        return anchors, assigned
 
     def loss_from_outputs(self, cls_scores, bbox_preds, centernesses, targets: Sequence[dict]
                           ) -> dict[str, torch.Tensor]:
@@ -113,6 +123,15 @@ class ATSS(nn.Module):
         check_targets(targets, self.num_classes)
         sizes = [tuple(x.shape[-2:]) for x in cls_scores]
         anchors, assigned, gt_boxes, gt_labels = self.assign(sizes, targets, cls_scores[0].device)
+        return atss_losses(cls_scores, bbox_preds, centernesses, anchors, assigned, gt_boxes, gt_labels)
+
+    def loss_from_padded(self, cls_scores, bbox_preds, centernesses, gt_boxes: torch.Tensor,
+                         gt_labels: torch.Tensor, num_gt: torch.Tensor, extent: torch.Tensor
+                         ) -> dict[str, torch.Tensor]:
+        """`loss_from_outputs` against targets already padded on the device (trusted: the caller
+        checked them on the host); the same values for any number of padding rows."""
+        sizes = [tuple(x.shape[-2:]) for x in cls_scores]
+        anchors, assigned = self.assign_padded(sizes, gt_boxes, num_gt, extent)
         return atss_losses(cls_scores, bbox_preds, centernesses, anchors, assigned, gt_boxes, gt_labels)
 
     # ---- inference --------------------------------------------------------------------------

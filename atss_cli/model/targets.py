@@ -51,9 +51,12 @@ def check_targets(targets: Sequence[dict], num_classes: int) -> None:
         raise AtssError(f"target {i}: boxes must be finite, got {x[~torch.isfinite(x).all(1)][0].tolist()}")
 
 
-def pad_targets(targets: Sequence[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_targets(targets: Sequence[dict], device, rows: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image GT lists -> (gt_boxes float32 [B, M, 4], gt_labels int64 [B, M], num_gt int64 [B])
-    on `device`, padded with zeros to M = max(1, most GTs in an image).
+    on `device`, padded with zeros to M = max(1, most GTs in an image), or to M = `rows` (at
+    least that most; the CUDA-graph step pads to a fixed bucket). The assignment and the losses
+    never read a row at or past num_gt[b], so M changes no value they compute.
 
     Host targets are padded on the host (in pinned memory when `device` is CUDA) and uploaded in
     one asynchronous copy per tensor; device targets are padded on their device. No value is read.
@@ -62,6 +65,10 @@ def pad_targets(targets: Sequence[dict], device) -> tuple[torch.Tensor, torch.Te
     boxes = [_as(t["boxes"], torch.float32).reshape(-1, 4) for t in targets]
     labels = [_as(t["labels"], torch.int64).reshape(-1) for t in targets]
     b, m = len(targets), max([1] + [x.shape[0] for x in boxes])
+    if rows is not None:
+        if rows < m:
+            raise AtssError(f"internal: {m} GT boxes in an image do not fit {rows} padded rows")
+        m = rows
     counts = host_tensor([x.shape[0] for x in boxes], torch.int64, device)
     on_host = all(x.device.type == "cpu" for x in boxes + labels)
     if on_host:

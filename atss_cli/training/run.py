@@ -43,6 +43,7 @@ class TrainRun:
     derived: dict                 # the facts config.json and the checkpoints record beside the config
     log: RunLog
     start: Position               # where this process starts: 0, or where latest.pth stopped
+    graphs: object | None = None  # training.graphs.GraphedSteps when cfg.cuda_graphs, else None
 
     @property
     def latest(self) -> Path:

@@ -25,6 +25,7 @@ from atss_cli.training.run_log import RunLog
 from atss_cli.training.schedule import batch_note, plan_batches
 from atss_cli.training.run import Position, TrainRun
 from atss_cli.training.state import archive_previous_run, category_diff, restore, resume_drop_last
+from atss_cli.training.graphs import GraphedSteps, check_graphs_fit
 from atss_cli.training.step import LossModule
 from atss_cli.errors import AtssError
 
@@ -64,6 +65,8 @@ def prepare_run(cfg: TrainConfig, reporter, info: distributed.DistInfo, resume: 
                         "usable training images, "
                         f"fewer than one global batch of {cfg.batch_per_gpu * info.world_size}")
     plan = plan_batches(cfg, steps_per_epoch=len(sampler), world_size=info.world_size)
+    if cfg.cuda_graphs:
+        check_graphs_fit(cfg, device, info.world_size, plan.accumulate)
 
     optimizer = build_optimizer(model, lr=plan.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 fused=fused_sgd_fits(device, cfg.amp))
@@ -96,6 +99,11 @@ def prepare_run(cfg: TrainConfig, reporter, info: distributed.DistInfo, resume: 
     if note:
         reporter.info(note)
 
+    if cfg.cuda_graphs:
+        run.graphs = GraphedSteps(device, max_graphs=cfg.graph_cache, box_buckets=cfg.graph_box_buckets)
+        reporter.info(f"CUDA graphs: one per padded batch shape and GT bucket "
+                      f"({'/'.join(map(str, cfg.graph_box_buckets))} rows), at most {cfg.graph_cache}; "
+                      "a shape's first step and steps at a changing lr (the warm-up) run eager")
     run.loss_module = LossModule(model)
     if info.enabled:
         run.loss_module = torch.nn.parallel.DistributedDataParallel(

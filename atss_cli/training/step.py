@@ -18,6 +18,7 @@ first one, so fp16 keeps torch's default SGD; see setup.py).
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -150,6 +151,9 @@ class IterationResult:
     skipped: int          # images the loader skipped (unreadable) in those batches
     values: HostCopy      # float64 [4], summed over micro-batches: LOSS_KEYS averaged over
                           # processes, and the stop flag averaged over them (> 0: one was asked to stop)
+    peak_memory_mb: float | None = None  # CUDA: the allocator's peak up to this iteration's queuing
+    graphed: bool = False  # replayed from a CUDA graph (training/graphs.py)
+    graph_counts: dict | None = None  # GraphedSteps.summary() as this iteration was queued
 
 
 @dataclass
@@ -173,6 +177,25 @@ def train_iteration(run: TrainRun, pos: Position, batches, stop: StopRequest) ->
     lr = plan.lr(run.cfg, iteration=pos.iteration, epoch=pos.epoch)
     for g in run.optimizer.param_groups:
         g["lr"] = lr
+    graphs = getattr(run, "graphs", None)
+    if graphs is None:
+        return _eager_iteration(run, pos, batches, stop, group, lr)
+    with graphs.on_stream():   # graph runs have one micro-batch an iteration (graphs.graphs_unfit)
+        batch = next(batches)
+        terms = graphs.step(run, batch, lr)
+        if terms is None:
+            result = _eager_iteration(run, pos, itertools.chain([batch], batches), stop, group, lr)
+        else:
+            result = IterationResult(iteration=pos.iteration + 1, lr=lr, micro_steps=1,
+                                     images=batch["images"].shape[0], skipped=len(batch.get("skipped", ())),
+                                     values=HostCopy(_with_stop_flag(terms, stop)),
+                                     peak_memory_mb=_peak_memory_mb(run.device), graphed=True)
+    result.graph_counts = graphs.summary()
+    return result
+
+
+def _eager_iteration(run: TrainRun, pos: Position, batches, stop: StopRequest, group: int, lr: float
+                     ) -> IterationResult:
     n_images, skipped = 0, 0
     micro_batches = []
     for _ in range(group):
@@ -193,16 +216,27 @@ def train_iteration(run: TrainRun, pos: Position, batches, stop: StopRequest) ->
         with ctx:
             terms = micro_batch_losses(run.loss_module, images, targets, scales[micro], sizes[micro], run.amp_dtype)
             run.scaler.scale(terms.sum() / group).backward()
-        # This process's stop flag rides along as a fourth value (padded on the device: no copy).
-        flagged = torch.nn.functional.pad(terms.detach(), (0, 1), value=1.0 if stop.requested else 0.0)
-        reduced = distributed.all_reduce_mean(flagged).double()
+        reduced = _with_stop_flag(terms, stop)
         summed = reduced if summed is None else summed + reduced
     # Skipped by GradScaler (inf/NaN gradients under fp16): the lr above is the schedule's all the same.
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     return IterationResult(iteration=pos.iteration + 1, lr=lr, micro_steps=group, images=n_images, skipped=skipped,
-                           values=HostCopy(summed))
+                           values=HostCopy(summed), peak_memory_mb=_peak_memory_mb(run.device))
+
+
+def _with_stop_flag(terms: torch.Tensor, stop: StopRequest) -> torch.Tensor:
+    """float64 [4]: a micro-batch's loss terms averaged over processes, with this process's stop
+    flag riding along as a fourth value (padded on the device: no copy)."""
+    flagged = torch.nn.functional.pad(terms.detach(), (0, 1), value=1.0 if stop.requested else 0.0)
+    return distributed.all_reduce_mean(flagged).double()
+
+
+def _peak_memory_mb(device: torch.device) -> float | None:
+    """The CUDA allocator's peak so far, read as the iteration is queued: a host-side counter (no
+    sync), which the late read would otherwise take after the next iteration's allocations."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def micro_batch_losses(loss_module: torch.nn.Module, images: torch.Tensor, targets, scale, sizes,

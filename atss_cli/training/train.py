@@ -206,8 +206,10 @@ def _log_iteration(run: TrainRun, pos: Position, result: IterationResult, losses
     if (pos.iteration % run.cfg.log_interval == 0 or pos.iteration == run.plan.total_iters
             or pos.step >= run.plan.steps_per_epoch):
         record["images_per_s"] = throughput.take()
-        if run.device.type == "cuda":
-            record["memory_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+        if result.peak_memory_mb is not None:
+            record["memory_mb"] = result.peak_memory_mb
+        if result.graph_counts is not None:
+            record["cuda_graphs"] = result.graph_counts
     if bad_images:
         record["bad_images"] = bad_images
     run.log.train(record)
