@@ -11,14 +11,15 @@
 #   wheels    (60 s) pip-installs the carried cp312 wheels ($WHEEL_DIR, default .whl) into /tmp/site
 #   build     (240 s) the extension in place against the machine's own torch (the GPU's own arch)
 #   extension (60 s) the extension loads, with CUDA kernels
-#   then side by side until 250 s before the budget's end: tests (pytest -m cuda over tests/,
-#             then tests/test_kernel_harness.py) and compute-sanitizer memcheck, racecheck,
+#   then side by side until 260 s before the budget's end: tests (pytest -m cuda over the training
+#             step's tests, then the rest of tests/, then tests/test_kernel_harness.py) and
+#             compute-sanitizer memcheck, racecheck,
 #             synccheck, initcheck on bench/sanitize_scene.py ("sanitizers" skips all four)
 #   then alone (timings), R50-FPN, the recipe's resize to 1333x800 of 640x480 JPEGs:
-#     train-bf16-b2-graphs (70 s)  atss bench train --cuda-graphs, bf16 + channels_last, batch 2,
+#     train-bf16-b2-graphs (60 s)  atss bench train --cuda-graphs, bf16 + channels_last, batch 2,
 #                           the default workers
-#     train-bf16-b8-graphs (80 s)  the same at batch 8 with 8 workers
-#     train-bf16-b2 (60 s), train-bf16-b8 (80 s, and --profile)  the same, eager
+#     train-bf16-b8-graphs (70 s)  the same at batch 8 with 8 workers
+#     train-bf16-b2 (60 s), train-bf16-b8 (70 s, and --profile)  the same, eager
 #     data          (60 s)  atss bench data: OpenCV stages, the DataLoader at 2, 4, 8 workers,
 #                           torchvision decode_jpeg on the GPU and its distance from OpenCV
 #     model-bf16-b2 (40 s), model-bf16-b8 (40 s)  atss bench model --mode train (a batch already
@@ -167,13 +168,18 @@ assert not torch.cuda.is_available() or e.has_cuda(), \"GPU present but no CUDA 
 
 # ---- tests and sanitizers, side by side ------------------------------------------------------
 # Correctness runs need no quiet GPU: they share it. Timings come after, alone.
-PHASE_END=$(($(date +%s) + $(left) - ${GPU_CHECK_TIMING_RESERVE:-290}))
+PHASE_END=$(($(date +%s) + $(left) - ${GPU_CHECK_TIMING_RESERVE:-260}))
 phase_left() { local s=$((PHASE_END - $(date +%s))); ((s < 0)) && s=0; echo $s; }
 
+# The training step's CUDA tests first (CUDA graphs and the no-sync step have never run elsewhere),
+# then the rest.
+FIRST_TESTS="tests/test_train_graphs.py tests/test_train_step_sync.py"
 tests_lane() {
   local lg=$OUT/tests.log
+  step tests-train-cuda "$(($(phase_left) < 90 ? $(phase_left) : 90))" "$lg" \
+    "'$PYTHON' -m pytest -q -p no:cacheprovider -m cuda -s $FIRST_TESTS"
   step tests-cuda "$(($(phase_left) < 150 ? $(phase_left) : 150))" "$lg" \
-    "'$PYTHON' -m pytest -q -p no:cacheprovider -m cuda tests/"
+    "'$PYTHON' -m pytest -q -p no:cacheprovider -m cuda $(printf -- '--ignore=%s ' $FIRST_TESTS) tests/"
   if [[ -f tests/test_kernel_harness.py ]]; then
     step tests-harness "$(phase_left)" "$lg" "'$PYTHON' -m pytest -q -p no:cacheprovider tests/test_kernel_harness.py"
   else
@@ -236,13 +242,13 @@ done
 # them into gpu-check.json and .md.
 if ((HAVE_GPU)); then
   TRAIN="'$PYTHON' -m atss_cli bench train --device cuda --depth 50"
-  serial_step train-bf16-b2-graphs 70 "$TRAIN --batch 2 --amp bf16 --channels-last --cuda-graphs --steps 40 \
+  serial_step train-bf16-b2-graphs 60 "$TRAIN --batch 2 --amp bf16 --channels-last --cuda-graphs --steps 40 \
 --warmup 8 --json '$WORK/train-bf16-b2-graphs.json'"
-  serial_step train-bf16-b8-graphs 80 "$TRAIN --batch 8 --amp bf16 --channels-last --cuda-graphs --workers 8 \
+  serial_step train-bf16-b8-graphs 70 "$TRAIN --batch 8 --amp bf16 --channels-last --cuda-graphs --workers 8 \
 --steps 25 --warmup 5 --json '$WORK/train-bf16-b8-graphs.json'"
   serial_step train-bf16-b2 60 "$TRAIN --batch 2 --amp bf16 --channels-last --steps 40 --warmup 8 \
 --json '$WORK/train-bf16-b2.json'"
-  serial_step train-bf16-b8 80 "$TRAIN --batch 8 --amp bf16 --channels-last --workers 8 --steps 25 --warmup 5 \
+  serial_step train-bf16-b8 70 "$TRAIN --batch 8 --amp bf16 --channels-last --workers 8 --steps 25 --warmup 5 \
 --profile --json '$WORK/train-bf16-b8.json'"
   serial_step data 60 "'$PYTHON' -m atss_cli bench data --images 64 --batch 8 --workers 2 --workers 4 --workers 8 \
 --loader-batches 16 --decoder opencv --decoder torchvision-gpu --gpu-batch 16 --json '$WORK/data.json'"

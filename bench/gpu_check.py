@@ -29,7 +29,7 @@ from pathlib import Path
 TARGET_US = 50.0
 TARGET_SPEEDUP = 100.0
 TARGET_CASE = {"batch": 16, "num_gt": 100}
-STEP_ORDER = ("env", "wheels", "build", "extension", "sanitize-cpu", "tests-cuda", "tests-harness", "memcheck",
+STEP_ORDER = ("env", "wheels", "build", "extension", "sanitize-cpu", "tests-train-cuda", "tests-cuda", "tests-harness", "memcheck",
               "racecheck", "synccheck", "initcheck", "train-bf16-b2-graphs", "train-bf16-b8-graphs", "train-bf16-b2",
               "train-bf16-b8", "data", "model-bf16-b2", "model-bf16-b8", "train-fp32-b2-graphs", "train-fp32-b2",
               "model-fp32-b2", "assigner")
