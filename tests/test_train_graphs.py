@@ -161,6 +161,58 @@ def test_the_captured_body_is_the_eager_step_bit_for_bit(mixed, tmp_path, one_th
         assert torch.equal(a, b), name
 
 
+class HostTraffic:
+    """The operators of a region that make a tensor out of host data (a Python literal) or read a
+    value back to the host; either, inside a CUDA capture, fails or records a copy from host
+    memory that the replay reads again later, when it holds other data."""
+
+    MAKES = {"lift_fresh", "lift_fresh_copy", "_pin_memory"}
+    READS = {"_local_scalar_dense", "item", "is_nonzero", "equal", "allclose"}
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        seen = self.seen = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func.overloadpacket.__name__
+                if name in HostTraffic.MAKES | HostTraffic.READS:
+                    seen.append(name)
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+
+
+def test_the_captured_body_makes_nothing_from_host_data_and_reads_nothing_back(mixed, tmp_path):
+    """What a capture records, seen on the CPU: every operator the body dispatches (forward,
+    losses, backward, fused SGD, the anchors and normalising constants made before, as
+    `GraphedSteps._capture` makes them)."""
+    from atss_cli.training.graphs import StaticInputs, step_on_static
+    from atss_cli.training.setup import build_optimizer
+
+    run = _prepared(_cfg(mixed, tmp_path / "w"))
+    run.model.train()
+    # CUDA's optimizer: the fused kernel (on the CPU too), with momentum buffers made by a first step.
+    run.optimizer = build_optimizer(run.model, lr=0.01, momentum=0.9, weight_decay=1e-4, fused=True)
+    batch = next(_batches(run))
+    static = StaticInputs.empty(batch["images"].shape, 8, torch.device("cpu"))
+    static.fill(batch, run.model.num_classes)
+    step_on_static(run, static)           # the eager step before a capture: caches and momentum made
+    run.optimizer.zero_grad(set_to_none=True)
+    traffic = HostTraffic()
+    with traffic.mode:
+        terms = step_on_static(run, static)
+    assert traffic.seen == [], traffic.seen
+    assert torch.isfinite(terms).all()
+
+    # The check itself sees what it looks for: the extents of a list of sizes are a literal.
+    with traffic.mode:
+        run.model.anchor_generator.extents([(96, 128)], "cpu")
+        float(terms[0])
+    assert traffic.seen == ["lift_fresh", "_local_scalar_dense"], traffic.seen
+
+
 def test_static_inputs_check_the_targets_as_the_eager_step_does():
     from atss_cli.errors import AtssError
     from atss_cli.training.graphs import StaticInputs
