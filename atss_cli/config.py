@@ -65,7 +65,7 @@ class TrainConfig:
     channels_last: bool = False          # NHWC convolutions: 15-25% faster training on CPU
     cuda_graphs: bool = False            # the whole step in CUDA graphs (training/graphs.py): one CUDA process,
                                          # accumulate 1, amp none or bf16
-    graph_cache: int = 16                # CUDA graphs kept at most (one per padded batch shape and GT bucket)
+    graph_cache: int = 32                # CUDA graphs kept at most (one per padded batch shape and GT bucket)
     graph_box_buckets: tuple[int, ...] = (8, 16, 32, 64, 128)  # GT rows a graph pads to; more GTs run eager
     seed: int = 0                        # model init, data order and augmentation
     eval_interval: int = 1               # evaluate every this many epochs (0 = never)
