@@ -251,7 +251,7 @@ def rerun_capture(optimizer):
 
 def _with_stand_in_graphs(monkeypatch, **graph_args):
     """`train` whose prepare_run attaches GraphedSteps with the CPU stand-in (the real flag refuses
-    the CPU); returns the list the GraphedSteps made is appended to."""
+    the CPU); returns the list each run made is appended to."""
     from atss_cli.training import train as loop
     from atss_cli.training.graphs import GraphedSteps
 
@@ -261,7 +261,7 @@ def _with_stand_in_graphs(monkeypatch, **graph_args):
     def prepare(cfg, reporter, info, resume):
         run = real(cfg, reporter, info, resume)
         run.graphs = GraphedSteps(run.device, capture=rerun_capture(run.optimizer), **graph_args)
-        made.append(run.graphs)
+        made.append(run)
         return run
 
     monkeypatch.setattr(loop, "prepare_run", prepare)
@@ -279,7 +279,8 @@ def test_graph_runs_equal_eager_runs_and_count_every_eager_step(mixed, tmp_path,
     train(cfg, Lines())
     made = _with_stand_in_graphs(monkeypatch, max_graphs=16, box_buckets=(4, 8))
     train(cfg.replace(work_dir=str(tmp_path / "graphs")), Lines())
-    graphs = made[0]
+    run = made[0]
+    graphs = run.graphs
     want, got = train_records(tmp_path / "eager"), train_records(tmp_path / "graphs")
     assert [r["loss"] for r in got] == [r["loss"] for r in want]
     for (name, a), b in zip(_weights(tmp_path / "eager").items(), _weights(tmp_path / "graphs").values()):
@@ -301,6 +302,12 @@ def test_graph_runs_equal_eager_runs_and_count_every_eager_step(mixed, tmp_path,
     assert logged[-1] == summary
     assert [sum(c["eager"].values()) + c["replays"] for c in logged] == list(range(1, 13))
     assert all("memory_mb" not in r for r in got)   # CPU: no CUDA allocator figure
+    # Each graph keeps the anchors its replays read, the very tensors the anchor cache made.
+    for (shape, _), entry in graphs.graphs.items():
+        anchors, positions = entry.keep[0]
+        sizes = run.model.feature_sizes(*shape[-2:])
+        assert anchors is run.model.anchor_generator.anchors(sizes, "cpu")
+        assert positions is run.model.anchor_generator.grid(sizes, "cpu")[1]
 
 
 def test_more_boxes_than_the_largest_bucket_and_a_full_cache_run_eager(mixed, tmp_path, monkeypatch, one_thread):
@@ -309,13 +316,13 @@ def test_more_boxes_than_the_largest_bucket_and_a_full_cache_run_eager(mixed, tm
     # Buckets of 1 row: every batch (2 GTs an image) runs eager for its boxes.
     made = _with_stand_in_graphs(monkeypatch, max_graphs=16, box_buckets=(1,))
     train(_cfg(mixed, tmp_path / "boxes", warmup_iters=0, epochs=1), Lines())
-    s = made[-1].summary()
+    s = made[-1].graphs.summary()
     assert s == {"replays": 0, "captures": 0, "capture_s": 0.0, "graphs": 0, "eager": {"new_lr": 1, "boxes": 5}}
 
     # One graph at most: the other shapes stay eager once they are warm.
     made = _with_stand_in_graphs(monkeypatch, max_graphs=1, box_buckets=(8,))
     train(_cfg(mixed, tmp_path / "full", warmup_iters=0, epochs=3), Lines())
-    s = made[-1].summary()
+    s = made[-1].graphs.summary()
     assert s["graphs"] == s["captures"] == 1 and s["replays"] >= 1
     assert s["eager"].get("cache_full", 0) >= 1, s
 
@@ -328,7 +335,7 @@ def test_a_new_learning_rate_drops_the_graphs(mixed, tmp_path, monkeypatch, one_
     made = _with_stand_in_graphs(monkeypatch, max_graphs=16, box_buckets=(8,))
     before = Rerun.captured
     train(_cfg(mixed, tmp_path / "w", warmup_iters=0, epochs=3, milestones=(1,)), Lines())
-    s = made[-1].summary()
+    s = made[-1].graphs.summary()
     assert s["eager"]["new_lr"] == 2
     assert s["captures"] == Rerun.captured - before > s["graphs"]
 

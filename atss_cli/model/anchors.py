@@ -63,6 +63,12 @@ class AnchorGenerator:
             self._cache[key] = cached
         return cached
 
+    def grid(self, sizes: Sequence[tuple[int, int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anchors float32 [N, 4], positions int64 [2, N]) as cached: the tensors `anchors` and
+        `valid_flags` read. A CUDA graph keeps them: the cache may drop them, and the caching
+        allocator would hand their memory to other tensors the graph's replays do not know of."""
+        return self._cached(sizes, device)
+
     def anchors(self, sizes: Sequence[tuple[int, int]], device) -> torch.Tensor:
         """sizes: (H_l, W_l) per level -> float32 [N, 4] with N = sum H_l * W_l (cached)."""
         return self._cached(sizes, device)[0]

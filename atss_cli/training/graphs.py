@@ -154,6 +154,7 @@ class _Graph:
     graph: object               # torch.cuda.CUDAGraph (or a test's stand-in)
     static: StaticInputs
     terms: torch.Tensor         # the graph's output, float32 [3]
+    keep: tuple                 # tensors made outside the graph that its replays read (the anchors)
 
 
 class GraphedSteps:
@@ -215,7 +216,7 @@ class GraphedSteps:
                 return self._eager("warm_up", key)
             if len(self.graphs) >= self.max_graphs:
                 return self._eager("cache_full", None)
-            entry = self._capture(run, key, batch)
+            entry = self._capture(run, key)
         entry.static.fill(batch, run.model.num_classes)
         entry.graph.replay()
         self.replays += 1
@@ -235,22 +236,23 @@ class GraphedSteps:
         self.graphs.clear()
         self.pool = None   # released once no graph holds it
 
-    def _capture(self, run: TrainRun, key: tuple, batch: dict) -> _Graph:
+    def _capture(self, run: TrainRun, key: tuple) -> _Graph:
         t0 = time.perf_counter()
         pixel_shape, rows = key
         static = StaticInputs.empty(pixel_shape, rows, self.device)   # filled by `step` before each replay
         # What the body would otherwise make and cache inside the capture (its memory would be the
-        # graph's, its values written only at replay): the anchors and normalising constants.
+        # graph's, its values written only at replay): the anchors and normalising constants,
+        # made now and kept by the entry (the anchor cache may drop its own reference later).
         from atss_cli.data.transforms import normalize_constants
 
         device = static.pixels.device   # with its index: the anchor cache's key names it
-        run.model.anchor_generator.anchors(run.model.feature_sizes(*pixel_shape[-2:]), device)
-        normalize_constants(device)
+        keep = (run.model.anchor_generator.grid(run.model.feature_sizes(*pixel_shape[-2:]), device),
+                normalize_constants(device))
         run.optimizer.zero_grad(set_to_none=True)
         graph, terms = self._capture_fn(lambda: step_on_static(run, static))
         # The graph's gradients stay its own; an eager step allocates fresh ones.
         run.optimizer.zero_grad(set_to_none=True)
-        entry = _Graph(graph=graph, static=static, terms=terms)
+        entry = _Graph(graph=graph, static=static, terms=terms, keep=keep)
         self.graphs[key] = entry
         self.captures += 1
         self.capture_s += time.perf_counter() - t0
