@@ -12,6 +12,7 @@ never runs `apt-get install`.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -48,6 +49,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("system") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _garbage_collected_after_each_file():
+    """Garbage a test file leaves in reference cycles is collected before the next file runs in
+    this worker. An onnxruntime session in such a cycle survived into DataLoader workers that a
+    later file forked, and the worker's own collection of it hung for good: the session's thread
+    pool destructor waits on threads that fork does not copy."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
