@@ -15,14 +15,14 @@ mode "error".
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
 import torch
 
 from cli_run import atss
-from test_train_leftovers import TINY, Lines, photos, train_records
+from test_train_leftovers import TINY, Lines, one_thread, photos, train_records  # noqa: F401 (a fixture)
+from test_train_step_sync import _sync_is_an_error
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 # (w, h): two landscape and two portrait sizes, so that batches of 2 take several padded shapes.
@@ -32,14 +32,6 @@ SIZES = [(160, 120), (150, 110), (120, 160), (100, 150)]
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory) -> Path:
     return photos(tmp_path_factory.mktemp("graphs"), SIZES * 3, seed=11)
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -209,7 +201,7 @@ def test_the_captured_body_makes_nothing_from_host_data_and_reads_nothing_back(m
     # The check itself sees what it looks for: the extents of a list of sizes are a literal.
     with traffic.mode:
         run.model.anchor_generator.extents([(96, 128)], "cpu")
-        float(terms[0])
+        float(terms.detach()[0])
     assert traffic.seen == ["lift_fresh", "_local_scalar_dense"], traffic.seen
 
 
@@ -369,15 +361,6 @@ def test_bench_train_cuda_graphs_on_the_cpu_is_one_line(tmp_path):
 # ---- CUDA ---------------------------------------------------------------------------------------------
 def _cuda_cfg(root: Path, work: Path, **changes):
     return _cfg(root, work, device="cuda", warmup_iters=0, epochs=2, **changes)
-
-
-@contextlib.contextmanager
-def _sync_is_an_error():
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
 
 
 @pytest.fixture
