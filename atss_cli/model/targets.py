@@ -51,7 +51,7 @@ def check_targets(targets: Sequence[dict], num_classes: int) -> None:
         raise AtssError(f"target {i}: boxes must be finite, got {x[~torch.isfinite(x).all(1)][0].tolist()}")
 
 
-def pad_targets(targets: Sequence[dict], device, rows: int | None = None
+def pad_targets(targets: Sequence[dict], device, rows: int | None = None, out: Sequence[torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image GT lists -> (gt_boxes float32 [B, M, 4], gt_labels int64 [B, M], num_gt int64 [B])
     on `device`, padded with zeros to M = max(1, most GTs in an image), or to M = `rows` (at
@@ -60,11 +60,15 @@ def pad_targets(targets: Sequence[dict], device, rows: int | None = None
 
     Host targets are padded on the host (in pinned memory when `device` is CUDA) and uploaded in
     one asynchronous copy per tensor; device targets are padded on their device. No value is read.
+    `out`: three tensors of those shapes on `device` (a CUDA graph's static inputs) that the
+    padded values are copied into, instead of new ones; M is then out[0]'s.
     """
     device = torch.device(device)
     boxes = [_as(t["boxes"], torch.float32).reshape(-1, 4) for t in targets]
     labels = [_as(t["labels"], torch.int64).reshape(-1) for t in targets]
     b, m = len(targets), max([1] + [x.shape[0] for x in boxes])
+    if out is not None:
+        rows = out[0].shape[1]
     if rows is not None:
         if rows < m:
             raise AtssError(f"internal: {m} GT boxes in an image do not fit {rows} padded rows")
@@ -80,6 +84,10 @@ def pad_targets(targets: Sequence[dict], device, rows: int | None = None
     for i, (x, y) in enumerate(zip(boxes, labels)):
         gt_boxes[i, : x.shape[0]] = x
         gt_labels[i, : y.shape[0]] = y
+    if out is not None:
+        for dst, src in zip(out, (gt_boxes, gt_labels, counts)):
+            dst.copy_(src, non_blocking=True)
+        return tuple(out)
     return to_device(gt_boxes, device), to_device(gt_labels, device), to_device(counts, device)
 
 

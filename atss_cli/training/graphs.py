@@ -9,8 +9,9 @@ Captured by hand (`torch.cuda.CUDAGraph`), not compiled (`torch.compile(mode="re
   add with atomics differ from run to run in the last bits, and a graph run is held to the gap
   between two eager runs). The trajectory equal to MMDetection's stays as it is. Inductor would
   fuse the elementwise work and change its rounding;
-- capturing costs about one eager step per shape (a second or so for R50-FPN), where compiling
-  the forward and backward costs minutes per shape, more than a short device call has.
+- capturing records one step per shape; compiling the forward and backward would cost compile
+  time per shape on top (neither measured here yet: `atss bench train --cuda-graphs` reports the
+  capture seconds), time a short device call may not have.
 
 What a graph holds and what it reads:
 - static inputs, one set per graph, filled before each replay: the uint8 pixels [B, 3, H, W] and
@@ -61,8 +62,14 @@ if TYPE_CHECKING:
 EAGER_REASONS = ("new_lr", "warm_up", "boxes", "cache_full")
 
 
-def graphs_unfit(cfg: TrainConfig, device: torch.device, world_size: int, accumulate: int) -> str | None:
-    """Why `cuda_graphs` cannot run with this setting (one line), or None."""
+def check_graphs_fit(cfg: TrainConfig, device: torch.device, world_size: int, accumulate: int) -> None:
+    """A one-line AtssError saying why `cuda_graphs` cannot run with this setting, if it cannot."""
+    why = _unfit(cfg, device, world_size, accumulate)
+    if why is not None:
+        raise AtssError(f"{param('cuda_graphs')} {why}")
+
+
+def _unfit(cfg: TrainConfig, device: torch.device, world_size: int, accumulate: int) -> str | None:
     if world_size > 1:
         # DDP's bucketed all_reduce in a captured backward needs its own warm-up protocol
         # (constructed on a side stream, 11 eager DDP steps); not done yet.
@@ -75,12 +82,6 @@ def graphs_unfit(cfg: TrainConfig, device: torch.device, world_size: int, accumu
     if device.type != "cuda":
         return f"needs a CUDA device, got {device.type}"
     return None
-
-
-def check_graphs_fit(cfg: TrainConfig, device: torch.device, world_size: int, accumulate: int) -> None:
-    why = graphs_unfit(cfg, device, world_size, accumulate)
-    if why is not None:
-        raise AtssError(f"{param('cuda_graphs')} {why}")
 
 
 def bucket_rows(count: int, buckets: Sequence[int]) -> int | None:
@@ -120,10 +121,7 @@ class StaticInputs:
             sizes = sizes.pin_memory()
         self.pixels.copy_(batch["images"], non_blocking=True)
         self.sizes.copy_(sizes, non_blocking=True)
-        boxes, labels, counts = pad_targets(targets, self.pixels.device, rows=self.gt_boxes.shape[1])
-        self.gt_boxes.copy_(boxes)
-        self.gt_labels.copy_(labels)
-        self.num_gt.copy_(counts)
+        pad_targets(targets, self.pixels.device, out=(self.gt_boxes, self.gt_labels, self.num_gt))
 
 
 def step_on_static(run: TrainRun, static: StaticInputs) -> torch.Tensor:
@@ -133,7 +131,7 @@ def step_on_static(run: TrainRun, static: StaticInputs) -> torch.Tensor:
     hold it to on the CPU. Autocast's weight cache is off: a capture must not keep casts made
     outside it."""
     from atss_cli.data.transforms import normalize_padded
-    from atss_cli.training.step import LOSS_KEYS
+    from atss_cli.training.step import loss_terms
 
     model = run.model
     images = normalize_padded(static.pixels, static.sizes).contiguous(memory_format=run.memory_format)
@@ -142,7 +140,7 @@ def step_on_static(run: TrainRun, static: StaticInputs) -> torch.Tensor:
         outputs = model(images)
         extent = model.anchor_generator.extents(static.sizes, images.device)
         losses = model.loss_from_padded(*outputs, static.gt_boxes, static.gt_labels, static.num_gt, extent)
-    terms = torch.stack([losses[k] for k in LOSS_KEYS]).float()
+    terms = loss_terms(losses)
     run.scaler.scale(terms.sum() / 1).backward()   # "/ 1": the eager step's "/ group" (no rounding)
     run.scaler.step(run.optimizer)
     run.scaler.update()

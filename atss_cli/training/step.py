@@ -177,10 +177,10 @@ def train_iteration(run: TrainRun, pos: Position, batches, stop: StopRequest) ->
     lr = plan.lr(run.cfg, iteration=pos.iteration, epoch=pos.epoch)
     for g in run.optimizer.param_groups:
         g["lr"] = lr
-    graphs = getattr(run, "graphs", None)
+    graphs = run.graphs
     if graphs is None:
         return _eager_iteration(run, pos, batches, stop, group, lr)
-    with graphs.on_stream():   # graph runs have one micro-batch an iteration (graphs.graphs_unfit)
+    with graphs.on_stream():   # graph runs have one micro-batch an iteration (graphs.check_graphs_fit)
         batch = next(batches)
         terms = graphs.step(run, batch, lr)
         if terms is None:
@@ -246,6 +246,11 @@ def micro_batch_losses(loss_module: torch.nn.Module, images: torch.Tensor, targe
     with fullgraph=True)."""
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         losses = loss_module(images, targets, scale, sizes)
+    return loss_terms(losses)
+
+
+def loss_terms(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """float32 [3]: the loss dict's LOSS_KEYS in order."""
     return torch.stack([losses[k] for k in LOSS_KEYS]).float()
 
 
